@@ -1,0 +1,1 @@
+"""Ray actors that own agent sessions."""

@@ -1,0 +1,1 @@
+"""Events, their codec, and the append-only log backends."""

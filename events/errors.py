@@ -1,0 +1,122 @@
+"""The one error tree of fleetlog.
+
+Every error fleetlog raises on purpose derives from :class:`FleetlogError`, carries
+structured attributes (never only a message to parse), and renders as one line:
+the CLI prints ``str(error)`` and nothing else.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FleetlogError",
+    "LogError",
+    "ConcurrencyError",
+    "FencedError",
+    "LogLockedError",
+    "CorruptLogError",
+    "LogClosedError",
+    "BlobMissingError",
+    "Fault",
+]
+
+from dataclasses import dataclass
+
+
+class FleetlogError(Exception):
+    """Root of every error fleetlog raises deliberately."""
+
+
+class LogError(FleetlogError):
+    """A problem with the event log itself."""
+
+
+class ConcurrencyError(LogError):
+    """``expected_seq`` did not match the stream's last sequence number.
+
+    Another writer appended first (or the caller's state is stale); the caller
+    must reload the stream before deciding again.
+    """
+
+    def __init__(self, session_id: str, expected_seq: int, actual_seq: int) -> None:
+        self.session_id = session_id
+        self.expected_seq = expected_seq
+        self.actual_seq = actual_seq
+        super().__init__(
+            f"session {session_id}: expected last seq {expected_seq}, "
+            f"but the log is at {actual_seq}"
+        )
+
+
+class FencedError(LogError):
+    """An owner with an older epoch tried to append after a newer owner claimed the session."""
+
+    def __init__(self, session_id: str, epoch: int, current_epoch: int) -> None:
+        self.session_id = session_id
+        self.epoch = epoch
+        self.current_epoch = current_epoch
+        super().__init__(
+            f"session {session_id}: owner epoch {epoch} is fenced off "
+            f"(the session was claimed with epoch {current_epoch})"
+        )
+
+
+class LogLockedError(LogError):
+    """The log directory is already open for writing by another process."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(f"log {path} is locked by another process ({holder})")
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One thing wrong with a log: where it is and what it is."""
+
+    kind: str  # "corrupt_frame", "bad_header", "seq_gap", "position_gap", "unknown_event", ...
+    segment: str
+    offset: int
+    detail: str
+    position: int | None = None
+    session_id: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.segment}@{self.offset}"
+        if self.position is not None:
+            where += f" position {self.position}"
+        if self.session_id is not None:
+            where += f" session {self.session_id}"
+        return f"{self.kind} at {where}: {self.detail}"
+
+
+class CorruptLogError(LogError):
+    """The log holds damage other than an incomplete final record.
+
+    Such damage is never repaired silently: the log refuses to open for writing
+    and ``fleetlog verify`` lists every fault.
+    """
+
+    def __init__(self, path: str, faults: list[Fault]) -> None:
+        self.path = path
+        self.faults = faults
+        first = str(faults[0]) if faults else "unknown fault"
+        more = f" (and {len(faults) - 1} more; run `fleetlog verify`)" if len(faults) > 1 else ""
+        super().__init__(f"log {path} is corrupt: {first}{more}")
+
+
+class LogClosedError(LogError):
+    """The log was closed, or stopped accepting writes after an I/O failure."""
+
+    def __init__(self, path: str, reason: str = "closed") -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"log {path} is not accepting writes: {reason}")
+
+
+class BlobMissingError(LogError):
+    """An event references a blob that is missing or does not match its hash."""
+
+    def __init__(self, digest: str, reason: str) -> None:
+        self.digest = digest
+        self.reason = reason
+        super().__init__(f"blob {digest}: {reason}")

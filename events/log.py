@@ -1,0 +1,100 @@
+"""The ``EventLog`` port: the one way events get into, and out of, the log.
+
+Backends (``FileLog``, ``PostgresLog``) implement this protocol and pass the
+same contract suite (``tests/contract_log.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from .schema import BlobRef, Envelope, Event
+
+__all__ = ["AppendResult", "EventLog", "follow"]
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    """Where an acknowledged (durable) append landed."""
+
+    first_position: int
+    last_position: int
+    last_seq: int
+    epoch: int
+
+
+@runtime_checkable
+class EventLog(Protocol):
+    """An append-only, durable log of per-session event streams.
+
+    * ``append`` is atomic per call and returns only once the events are durable.
+      ``expected_seq`` is the seq of the last event the caller knows of (0 for a
+      new session); a mismatch raises ``ConcurrencyError``. ``epoch`` is the
+      owner's epoch: appending with an epoch older than one already used for
+      the session raises ``FencedError``; a newer epoch claims the session.
+      ``epoch=None`` marks a non-owner (an operator's approval, say): it is
+      never fenced but still checked against ``expected_seq``.
+    * positions are global and contiguous from 1; seqs per session likewise.
+    """
+
+    def append(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        expected_seq: int,
+        epoch: int | None = None,
+    ) -> AppendResult: ...
+
+    async def append_async(
+        self,
+        session_id: str,
+        events: Sequence[Event],
+        expected_seq: int,
+        epoch: int | None = None,
+    ) -> AppendResult: ...
+
+    def read_stream(
+        self, session_id: str, from_seq: int = 1, *, resolve_blobs: bool = True
+    ) -> list[Envelope]: ...
+
+    def read_all(self, from_position: int = 1, limit: int = 10_000) -> list[Envelope]: ...
+
+    def head(self) -> int:
+        """The last durable position (0 for an empty log)."""
+        ...
+
+    def last_seq(self, session_id: str) -> int: ...
+
+    def current_epoch(self, session_id: str) -> int: ...
+
+    def session_ids(self) -> list[str]: ...
+
+    def wait(self, after_position: int, timeout: float) -> int:
+        """Block until the head passes ``after_position`` or ``timeout`` elapses; return it."""
+        ...
+
+    def load_blob(self, ref: BlobRef) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def follow(
+    log: EventLog,
+    from_position: int = 1,
+    *,
+    stop: threading.Event,
+    batch: int = 10_000,
+    poll_s: float = 0.5,
+) -> Iterator[list[Envelope]]:
+    """Tail the log: yield batches of new events as they become durable, until ``stop`` is set."""
+    position = from_position
+    while not stop.is_set():
+        events = log.read_all(position, batch)
+        if events:
+            position = events[-1].position + 1
+            yield events
+        else:
+            log.wait(position - 1, poll_s)

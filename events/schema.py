@@ -1,0 +1,368 @@
+"""Event types: frozen, tagged msgspec Structs in one union, plus the envelope.
+
+Rules that keep old logs readable forever (see tests/golden):
+
+* an event type is never renamed or removed; its tag is its class name;
+* a field is never removed, reordered, renamed or retyped;
+* a new field always gets a default, so older records still decode;
+* unknown fields written by a newer version are ignored on decode, and an
+  unknown event *type* decodes as :class:`UnknownEvent` (see ``codec``).
+
+Events are named in the past tense: each records something that happened.
+Times and ids are made where the effect happens and stored here, so that a
+replay reads them instead of making new ones.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import msgspec
+
+__all__ = [
+    "BlobRef",
+    "Payload",
+    "Limits",
+    "EventBase",
+    # session lifecycle and ownership
+    "SessionCreated",
+    "SessionClaimed",
+    "CancelRequested",
+    "SessionCompleted",
+    "SessionFailed",
+    "SessionCancelled",
+    "SnapshotTaken",
+    # model calls
+    "ModelCallRequested",
+    "ModelCallRetried",
+    "ModelResponded",
+    "ModelCallFailed",
+    # tool calls and review
+    "ToolCallProposed",
+    "ToolCallVetted",
+    "ToolCallRejected",
+    "ReviewRequested",
+    "ReviewDecided",
+    "ToolCallStarted",
+    "ToolCallCompleted",
+    "ToolCallFailed",
+    # context management and governance
+    "ContextCompacted",
+    "LimitExceeded",
+    "UnknownEvent",
+    "Event",
+    "EVENT_TYPES",
+    "Envelope",
+    "payload_text",
+]
+
+
+class BlobRef(msgspec.Struct, frozen=True):
+    """A large payload stored once in the content-addressed blob store beside the log."""
+
+    sha256: str
+    size: int
+
+
+#: A text field that the log may move to the blob store when it is large.
+Payload = str | BlobRef
+
+
+def payload_text(value: Payload) -> str:
+    """The text of a payload; the log resolves blob references on ``read_stream``."""
+    if isinstance(value, BlobRef):
+        raise TypeError(f"blob {value.sha256} was not resolved; read it with log.load_blob")
+    return value
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """The caps a session runs under (SPEC §6 ``[limits]``), resolved when it is created."""
+
+    max_steps: int = 25
+    max_tokens: int = 50_000
+    max_cost_usd: float = 1.0
+    step_timeout_s: float = 30.0
+    total_timeout_s: float = 300.0
+    max_identical_calls: int = 3
+
+
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    """Base of every event. ``blob_fields`` name the ``Payload`` fields the log may externalize."""
+
+    blob_fields: ClassVar[tuple[str, ...]] = ()
+
+
+# --- session lifecycle and ownership -------------------------------------------------
+
+
+class SessionCreated(EventBase, frozen=True, kw_only=True):
+    """A task became a session. Everything the loop needs to replay it is fixed here."""
+
+    blob_fields: ClassVar[tuple[str, ...]] = ("prompt",)
+
+    task_id: str
+    prompt: Payload
+    agent_type: str = "default"
+    tenant: str = "default"
+    model: str = "scripted"
+    system: str = ""
+    tools: list[str] = []
+    limits: Limits = Limits()
+    workspace: str = ""
+
+
+class SessionClaimed(EventBase, frozen=True, kw_only=True):
+    """An owner took the session with a new epoch; older epochs are fenced off from now on."""
+
+    owner: str
+    node: str = ""
+    epoch: int
+
+
+class CancelRequested(EventBase, frozen=True, kw_only=True):
+    by: str = ""
+    note: str = ""
+
+
+class SessionCompleted(EventBase, frozen=True, kw_only=True):
+    blob_fields: ClassVar[tuple[str, ...]] = ("result",)
+
+    result: Payload = ""
+
+
+class SessionFailed(EventBase, frozen=True, kw_only=True):
+    """``error`` is ``CODE: detail`` with a code from SPEC §3."""
+
+    error: str
+
+
+class SessionCancelled(EventBase, frozen=True, kw_only=True):
+    note: str = ""
+
+
+class SnapshotTaken(EventBase, frozen=True, kw_only=True):
+    """The folded state up to ``upto_seq`` (JSON), so a long stream replays from here."""
+
+    blob_fields: ClassVar[tuple[str, ...]] = ("state",)
+
+    upto_seq: int
+    state: Payload
+
+
+# --- model calls ------------------------------------------------------------------------
+
+
+class ModelCallRequested(EventBase, frozen=True, kw_only=True):
+    step: int
+    request_id: str
+    model: str
+    input_tokens_estimate: int = 0
+
+
+class ModelCallRetried(EventBase, frozen=True, kw_only=True):
+    """One failed attempt that will be retried (429, 5xx, 529, timeout)."""
+
+    step: int
+    request_id: str
+    attempt: int
+    error: str
+    status_code: int | None = None
+    delay_ms: float = 0.0
+
+
+class ModelResponded(EventBase, frozen=True, kw_only=True):
+    """``content`` is the response's content blocks as JSON."""
+
+    blob_fields: ClassVar[tuple[str, ...]] = ("content",)
+
+    step: int
+    request_id: str
+    model: str
+    content: Payload
+    stop_reason: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+
+
+class ModelCallFailed(EventBase, frozen=True, kw_only=True):
+    step: int
+    request_id: str
+    error: str
+    status_code: int | None = None
+    retryable: bool = False
+
+
+# --- tool calls and human review ------------------------------------------------------
+
+
+class ToolCallProposed(EventBase, frozen=True, kw_only=True):
+    """The model asked for a tool call: ``call_id`` is the tool_use id, ``input`` is JSON."""
+
+    blob_fields: ClassVar[tuple[str, ...]] = ("input",)
+
+    step: int
+    call_id: str
+    tool: str
+    input: Payload
+
+
+Verdict = Literal["allow", "ask", "deny"]
+
+
+class ToolCallVetted(EventBase, frozen=True, kw_only=True):
+    call_id: str
+    verdict: Verdict
+    risk: str
+    reason: str = ""
+    rule: str = ""
+
+
+class ToolCallRejected(EventBase, frozen=True, kw_only=True):
+    """The call never runs (unknown tool, invalid input, denied); the model gets ``is_error``."""
+
+    call_id: str
+    reason: str
+
+
+class ReviewRequested(EventBase, frozen=True, kw_only=True):
+    """A human must decide (policy ``ask``, or a non-idempotent call left in doubt by a crash)."""
+
+    call_id: str
+    reason: str
+    in_doubt: bool = False
+
+
+class ReviewDecided(EventBase, frozen=True, kw_only=True):
+    call_id: str
+    approved: bool
+    reviewer: str = ""
+    note: str = ""
+    end_session: bool = False
+
+
+class ToolCallStarted(EventBase, frozen=True, kw_only=True):
+    call_id: str
+    idempotency_key: str
+    attempt: int = 1
+
+
+class ToolCallCompleted(EventBase, frozen=True, kw_only=True):
+    blob_fields: ClassVar[tuple[str, ...]] = ("output",)
+
+    call_id: str
+    output: Payload
+    is_error: bool = False
+    latency_ms: float = 0.0
+
+
+class ToolCallFailed(EventBase, frozen=True, kw_only=True):
+    call_id: str
+    error: str
+    latency_ms: float = 0.0
+
+
+# --- context management and loop governance -------------------------------------------
+
+
+class ContextCompacted(EventBase, frozen=True, kw_only=True):
+    """Older turns were replaced by ``summary``; the task and tool_use/tool_result pairs survive."""
+
+    blob_fields: ClassVar[tuple[str, ...]] = ("summary",)
+
+    step: int
+    tokens_before: int
+    tokens_after: int
+    dropped_messages: int
+    summary: Payload = ""
+
+
+class LimitExceeded(EventBase, frozen=True, kw_only=True):
+    """A cap was hit; ``code`` is one of SPEC §3's failure reasons."""
+
+    code: str
+    limit: float
+    value: float
+    detail: str = ""
+
+
+class UnknownEvent(EventBase, frozen=True, kw_only=True):
+    """Stands in, on read, for an event type this version does not know (a newer writer's).
+
+    It is never written; readers report it with its position instead of crashing.
+    """
+
+    type_name: str
+    raw: bytes = b""
+
+
+Event = (
+    SessionCreated
+    | SessionClaimed
+    | CancelRequested
+    | SessionCompleted
+    | SessionFailed
+    | SessionCancelled
+    | SnapshotTaken
+    | ModelCallRequested
+    | ModelCallRetried
+    | ModelResponded
+    | ModelCallFailed
+    | ToolCallProposed
+    | ToolCallVetted
+    | ToolCallRejected
+    | ReviewRequested
+    | ReviewDecided
+    | ToolCallStarted
+    | ToolCallCompleted
+    | ToolCallFailed
+    | ContextCompacted
+    | LimitExceeded
+    | UnknownEvent
+)
+
+EVENT_TYPES: tuple[type[EventBase], ...] = (
+    SessionCreated,
+    SessionClaimed,
+    CancelRequested,
+    SessionCompleted,
+    SessionFailed,
+    SessionCancelled,
+    SnapshotTaken,
+    ModelCallRequested,
+    ModelCallRetried,
+    ModelResponded,
+    ModelCallFailed,
+    ToolCallProposed,
+    ToolCallVetted,
+    ToolCallRejected,
+    ReviewRequested,
+    ReviewDecided,
+    ToolCallStarted,
+    ToolCallCompleted,
+    ToolCallFailed,
+    ContextCompacted,
+    LimitExceeded,
+    UnknownEvent,
+)
+
+
+class Envelope(msgspec.Struct, frozen=True, array_like=True):
+    """One stored event: where it sits in the log and who wrote it.
+
+    ``position`` is global and contiguous from 1; ``seq`` is per session and
+    contiguous from 1; ``epoch`` is the writing owner's epoch (fencing); ``ts``
+    is Unix time in seconds at append. Stored as an array (no field names) to
+    keep records small: new fields may only ever be appended, with defaults.
+    """
+
+    position: int
+    session_id: str
+    seq: int
+    epoch: int
+    ts: float
+    event_id: str
+    event: Event

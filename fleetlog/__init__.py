@@ -1,0 +1,45 @@
+"""fleetlog: a production runtime for fleets of LLM agents.
+
+The public surface is what ``__all__`` names; everything else may change.
+"""
+
+from fleetlog.events.errors import (
+    BlobMissingError,
+    ConcurrencyError,
+    CorruptLogError,
+    FencedError,
+    FleetlogError,
+    LogClosedError,
+    LogError,
+    LogLockedError,
+)
+from fleetlog.events.filelog import FileLog
+from fleetlog.events.log import AppendResult, EventLog, follow
+from fleetlog.events.schema import Envelope, Event, Limits
+from fleetlog.events.state import SessionState, evolve, fold
+from fleetlog.events.verify import VerifyReport, verify_log
+
+__all__ = [
+    "AppendResult",
+    "BlobMissingError",
+    "ConcurrencyError",
+    "CorruptLogError",
+    "Envelope",
+    "Event",
+    "EventLog",
+    "FencedError",
+    "FileLog",
+    "FleetlogError",
+    "Limits",
+    "LogClosedError",
+    "LogError",
+    "LogLockedError",
+    "SessionState",
+    "VerifyReport",
+    "evolve",
+    "fold",
+    "follow",
+    "verify_log",
+]
+
+__version__ = "0.1.0"

@@ -77,10 +77,12 @@ class BlobStore:
         return None
 
     def would_externalize(self, event: EventBase) -> bool:
-        return any(
-            isinstance(value := getattr(event, name), str) and len(value) > self.threshold // 4
-            for name in event.blob_fields
-        )
+        limit = self.threshold // 4  # UTF-8 needs at most 4 bytes a character
+        for name in event.blob_fields:
+            value = getattr(event, name)
+            if value.__class__ is str and len(value) > limit:
+                return True
+        return False
 
     def externalize(self, event: E) -> E:
         """Move this event's large payload fields into the store (no-op for small ones)."""

@@ -20,6 +20,7 @@ never has to decode payloads.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 import google_crc32c
@@ -70,8 +71,15 @@ _raw_frame_decoder: Final = msgspec.msgpack.Decoder(list[_RawEnvelope])
 _tag_decoder: Final = msgspec.msgpack.Decoder(_Tag)
 
 
+EnvelopeRow = tuple[int, str, int, int, float, str, Event]
+
+
 def encode_frame(
-    session_id: str, first_position: int, first_seq: int, epoch: int, envelopes: list[Envelope]
+    session_id: str,
+    first_position: int,
+    first_seq: int,
+    epoch: int,
+    envelopes: Sequence[Envelope | EnvelopeRow],
 ) -> bytes:
     sid = session_id.encode()
     body = (
@@ -99,7 +107,8 @@ class FrameMeta(msgspec.Struct, frozen=True):
 def parse_meta(body: bytes | memoryview) -> FrameMeta:
     first_position, first_seq, count, epoch, sid_len = META.unpack_from(body, 0)
     sid_end = META.size + sid_len
-    session_id = bytes(body[META.size : sid_end]).decode()
+    # "replace": a damaged frame (bad CRC) is parsed only to report it.
+    session_id = bytes(body[META.size : sid_end]).decode(errors="replace")
     return FrameMeta(first_position, first_seq, count, epoch, session_id, sid_end)
 
 

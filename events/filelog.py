@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import errno
 import fcntl
 import os
@@ -56,9 +57,11 @@ from .errors import (
     LogLockedError,
 )
 from .log import AppendResult
-from .schema import BlobRef, Envelope, Event, EventBase, UnknownEvent
+from .schema import EVENT_TYPES, BlobRef, Envelope, Event, UnknownEvent
 
 __all__ = ["FileLog", "DEFAULT_SEGMENT_BYTES", "scan_log", "ScanResult"]
+
+_APPENDABLE: Final = frozenset(t for t in EVENT_TYPES if t is not UnknownEvent)
 
 DEFAULT_SEGMENT_BYTES: Final = 64 * 1024 * 1024
 _SEG_SHIFT: Final = 40  # an address is segment number << 40 | byte offset
@@ -487,9 +490,9 @@ class FileLog:
             (self.path / "blobs").mkdir(exist_ok=True)
             self._take_lock()
         scan = scan_log(self.path)
+        self._segments = scan.segments  # so that _release closes their descriptors
         if scan.faults:
             raise CorruptLogError(str(self.path), scan.faults)
-        self._segments = scan.segments
         self._streams = scan.streams
         self._next_position = scan.next_position
         self._written_position = scan.next_position
@@ -572,12 +575,16 @@ class FileLog:
             raise ValueError("append needs at least one event")
         if expected_seq < 0 or (epoch is not None and epoch < 0):
             raise ValueError("expected_seq and epoch must not be negative")
-        prepared: list[Event] = []
-        for event in events:
-            if not isinstance(event, EventBase) or isinstance(event, UnknownEvent):
-                raise TypeError(f"not an appendable event: {event!r}")
-            # Blobs are durable before the event that references them is queued.
-            prepared.append(self.blobs.externalize(event) if event.blob_fields else event)
+        # Checked per type, not per event: appends of hundreds of events are common.
+        if not set(map(type, events)) <= _APPENDABLE:
+            bad = next(e for e in events if type(e) not in _APPENDABLE)
+            raise TypeError(f"not an appendable event: {bad!r}")
+        prepared = list(events)
+        blobs = self.blobs
+        for i, event in enumerate(prepared):
+            if event.blob_fields and blobs.would_externalize(event):
+                # Blobs are durable before the event that references them is queued.
+                prepared[i] = blobs.externalize(event)
         request = _Append(session_id, prepared, expected_seq, epoch, loop)
         with self._queue_lock:
             if self._failed is not None or self._closed:
@@ -597,7 +604,9 @@ class FileLog:
         # including the requests of the threads queued up behind it.
         with self._commit_lock:
             if not request.done():
-                self._drain_locked()
+                # On failure _poison has failed every waiter, this one included.
+                with contextlib.suppress(Exception):
+                    self._drain_locked()
         assert request.future is not None
         return request.future.result()
 
@@ -696,10 +705,9 @@ class FileLog:
             first_seq = stream.w_seq + 1
             ts = request.ts
             events = request.events
+            # Tuples encode exactly like the array_like Envelope, at half the cost.
             envelopes = [
-                Envelope(
-                    position + i, sid, first_seq + i, epoch, ts, f"{prefix}{counter + i:012x}", ev
-                )
+                (position + i, sid, first_seq + i, epoch, ts, f"{prefix}{counter + i:012x}", ev)
                 for i, ev in enumerate(events)
             ]
             try:

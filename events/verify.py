@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .blobs import BlobStore
-from .codec import FrameMeta, decode_payload
+from .codec import FrameMeta, decode_payload, parse_meta
 from .errors import Fault
-from .filelog import ScanResult, _Segment, scan_log
-from .schema import BlobRef, UnknownEvent
+from .filelog import _OK, ScanResult, _iter_frames, _list_segments, _Segment, scan_log
+from .schema import BlobRef, Envelope, UnknownEvent
 
-__all__ = ["VerifyReport", "verify_log"]
+__all__ = ["VerifyReport", "verify_log", "salvage_prefix"]
 
 
 @dataclass
@@ -125,3 +125,28 @@ def verify_log(path: str | Path) -> VerifyReport:
         for seg in scan.segments:
             seg.close()
     return report
+
+
+def salvage_prefix(path: str | Path) -> list[Envelope]:
+    """Every event of a damaged log up to its first damaged or missing frame.
+
+    Read-only: for exporting what is certainly intact before a repair.
+    """
+    out: list[Envelope] = []
+    next_position = 1
+    segments = _list_segments(Path(path) / "segments")
+    try:
+        for seg in segments:
+            size = seg.path.stat().st_size
+            for status, _off, body, _crc in _iter_frames(seg.fd(), 0, size):
+                if status != _OK:
+                    return out
+                meta = parse_meta(body)
+                if meta.first_position != next_position:
+                    return out
+                out.extend(decode_payload(memoryview(body)[meta.payload_offset :]))
+                next_position += meta.count
+    finally:
+        for seg in segments:
+            seg.close()
+    return out

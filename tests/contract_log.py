@@ -123,7 +123,12 @@ class EventLogContract:
         assert (r.first_position, r.last_seq) == (4, 2)
         everything = log.read_all(1)
         assert [e.position for e in everything] == [1, 2, 3, 4]
-        assert [(e.session_id, e.seq) for e in everything] == [("a", 1), ("b", 1), ("b", 2), ("a", 2)]
+        assert [(e.session_id, e.seq) for e in everything] == [
+            ("a", 1),
+            ("b", 1),
+            ("b", 2),
+            ("a", 2),
+        ]
         assert log.head() == 4
         assert log.last_seq("a") == 2 and log.last_seq("b") == 2 and log.last_seq("zz") == 0
         assert sorted(log.session_ids()) == ["a", "b"]

@@ -17,6 +17,13 @@ __all__ = [
     "LogClosedError",
     "BlobMissingError",
     "Fault",
+    "ConfigError",
+    "TaskFileError",
+    "ToolError",
+    "ToolInputError",
+    "ToolRefused",
+    "ModelError",
+    "SessionNotFound",
 ]
 
 from dataclasses import dataclass
@@ -120,3 +127,67 @@ class BlobMissingError(LogError):
         self.digest = digest
         self.reason = reason
         super().__init__(f"blob {digest}: {reason}")
+
+
+class ConfigError(FleetlogError):
+    """``fleetlog.toml`` is malformed or names something unknown."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        self.path = path
+        self.detail = detail
+        super().__init__(f"config {path}: {detail}")
+
+
+class TaskFileError(FleetlogError):
+    """A tasks file line is malformed; ``line`` is 1-based."""
+
+    def __init__(self, path: str, line: int, detail: str) -> None:
+        self.path = path
+        self.line = line
+        self.detail = detail
+        super().__init__(f"{path}:{line}: {detail}")
+
+
+class ToolError(FleetlogError):
+    """A tool call cannot run; the model receives ``str(error)`` as an is_error tool_result."""
+
+
+class ToolInputError(ToolError):
+    """The model's input does not match the tool's schema (or names an unknown tool)."""
+
+    def __init__(self, tool: str, detail: str) -> None:
+        self.tool = tool
+        self.detail = detail
+        super().__init__(f"invalid input for {tool}: {detail}")
+
+
+class ToolRefused(ToolError):
+    """A safety check refused the call (path outside the workspace, credential file, ...)."""
+
+    def __init__(self, tool: str, reason: str) -> None:
+        self.tool = tool
+        self.reason = reason
+        super().__init__(f"{tool} refused: {reason}")
+
+
+class ModelError(FleetlogError):
+    """A model call failed; ``retryable`` says whether trying again may help."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retryable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class SessionNotFound(FleetlogError):
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"no session {session_id!r}")

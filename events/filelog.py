@@ -62,6 +62,7 @@ from .schema import EVENT_TYPES, BlobRef, Envelope, Event, UnknownEvent
 __all__ = ["FileLog", "DEFAULT_SEGMENT_BYTES", "scan_log", "ScanResult"]
 
 _APPENDABLE: Final = frozenset(t for t in EVENT_TYPES if t is not UnknownEvent)
+_WITH_BLOB_FIELDS: Final = frozenset(t for t in _APPENDABLE if t.blob_fields)
 
 DEFAULT_SEGMENT_BYTES: Final = 64 * 1024 * 1024
 _SEG_SHIFT: Final = 40  # an address is segment number << 40 | byte offset
@@ -377,7 +378,10 @@ class _Append:
         assert self.afuture is not None
         return self.afuture.done()
 
-    def settle(self, result: AppendResult | BaseException) -> None:
+    def settle(
+        self, result: AppendResult | BaseException, here: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """Tell the caller; ``here`` is the loop the settling code runs on, if any."""
         if self.future is not None:
             if isinstance(result, BaseException):
                 self.future.set_exception(result)
@@ -385,7 +389,7 @@ class _Append:
                 self.future.set_result(result)
             return
         assert self.loop is not None
-        if _running_loop() is self.loop:
+        if here is self.loop or (here is None and _running_loop() is self.loop):
             _settle_async(self.afuture, result)
         else:
             self.loop.call_soon_threadsafe(_settle_async, self.afuture, result)
@@ -410,12 +414,13 @@ def _settle_async(
 
 
 class _Accepted:
-    __slots__ = ("epoch", "first_position", "first_seq", "frame", "request")
+    __slots__ = ("count", "epoch", "first_position", "first_seq", "frame", "request")
 
     def __init__(
         self, request: _Append, frame: bytes, first_position: int, first_seq: int, epoch: int
     ) -> None:
         self.request = request
+        self.count = len(request.events)
         self.frame = frame
         self.first_position = first_position
         self.first_seq = first_seq
@@ -557,35 +562,43 @@ class FileLog:
 
     # --- appending --------------------------------------------------------------------
 
-    def _enqueue(
-        self,
-        session_id: str,
-        events: Sequence[Event],
-        expected_seq: int,
-        epoch: int | None,
-        loop: asyncio.AbstractEventLoop | None,
-    ) -> _Append:
+    def _check(
+        self, session_id: str, events: Sequence[Event], expected_seq: int, epoch: int | None
+    ) -> bool:
+        """Validate an append's arguments; True when some payload must go to the blob store."""
         if self.readonly:
             raise LogClosedError(str(self.path), "opened read-only")
         if not isinstance(session_id, str) or not session_id:
             raise ValueError("session_id must be a non-empty string")
-        if len(session_id.encode()) > 0xFFFF:
+        if len(session_id) > 0x3FFF and len(session_id.encode()) > 0xFFFF:
             raise ValueError("session_id is longer than 65535 bytes")
         if not events:
             raise ValueError("append needs at least one event")
         if expected_seq < 0 or (epoch is not None and epoch < 0):
             raise ValueError("expected_seq and epoch must not be negative")
         # Checked per type, not per event: appends of hundreds of events are common.
-        if not set(map(type, events)) <= _APPENDABLE:
+        types = set(map(type, events))
+        if not types <= _APPENDABLE:
             bad = next(e for e in events if type(e) not in _APPENDABLE)
             raise TypeError(f"not an appendable event: {bad!r}")
-        prepared = list(events)
-        blobs = self.blobs
-        for i, event in enumerate(prepared):
-            if event.blob_fields and blobs.would_externalize(event):
-                # Blobs are durable before the event that references them is queued.
-                prepared[i] = blobs.externalize(event)
-        request = _Append(session_id, prepared, expected_seq, epoch, loop)
+        if types.isdisjoint(_WITH_BLOB_FIELDS):
+            return False
+        would = self.blobs.would_externalize
+        return any(would(e) for e in events if type(e) in _WITH_BLOB_FIELDS)
+
+    def _externalize(self, events: Sequence[Event]) -> list[Event]:
+        # Blobs are durable before the event that references them is queued.
+        return [self.blobs.externalize(e) if e.blob_fields else e for e in events]
+
+    def _enqueue(
+        self,
+        session_id: str,
+        events: list[Event],
+        expected_seq: int,
+        epoch: int | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> _Append:
+        request = _Append(session_id, events, expected_seq, epoch, loop)
         with self._queue_lock:
             if self._failed is not None or self._closed:
                 raise LogClosedError(str(self.path), self._failed or "closed")
@@ -599,7 +612,9 @@ class FileLog:
         expected_seq: int,
         epoch: int | None = None,
     ) -> AppendResult:
-        request = self._enqueue(session_id, events, expected_seq, epoch, None)
+        if self._check(session_id, events, expected_seq, epoch):
+            events = self._externalize(events)
+        request = self._enqueue(session_id, list(events), expected_seq, epoch, None)
         # Leader/follower: whoever gets the lock commits everything queued so far,
         # including the requests of the threads queued up behind it.
         with self._commit_lock:
@@ -618,13 +633,10 @@ class FileLog:
         epoch: int | None = None,
     ) -> AppendResult:
         loop = asyncio.get_running_loop()
-        if any(self.blobs.would_externalize(event) for event in events):
+        if self._check(session_id, events, expected_seq, epoch):
             # Writing a blob fsyncs: keep that off the event loop.
-            request = await asyncio.to_thread(
-                self._enqueue, session_id, events, expected_seq, epoch, loop
-            )
-        else:
-            request = self._enqueue(session_id, events, expected_seq, epoch, loop)
+            events = await asyncio.to_thread(self._externalize, events)
+        request = self._enqueue(session_id, list(events), expected_seq, epoch, loop)
         committer = self._async_committers.get(loop)
         if committer is None or committer.done():
             self._async_committers[loop] = loop.create_task(self._commit_async(loop))
@@ -757,28 +769,31 @@ class FileLog:
             view = view[written:]
 
     def _publish(self, accepted: list[_Accepted], placed: list[tuple[_Segment, int]]) -> None:
-        """Make durable appends visible to readers, then acknowledge them."""
+        """Make durable appends visible to readers, then acknowledge them (the hot path)."""
         if not accepted:
             return
+        streams = self._streams
         with self._index_lock:
             for item, (seg, off) in zip(accepted, placed, strict=True):
-                count = len(item.request.events)
-                stream = self._streams[item.request.session_id]
-                stream.last_seq = item.first_seq + count - 1
+                stream = streams[item.request.session_id]
+                stream.last_seq = item.first_seq + item.count - 1
                 stream.epoch = item.epoch
                 stream.seqs.append(item.first_seq)
                 stream.addrs.append(seg.number << _SEG_SHIFT | off)
-                seg.note_frame(off, item.first_position)
+                if off - seg.last_indexed >= _INDEX_EVERY:
+                    seg.note_frame(off, item.first_position)
                 seg.size = off + len(item.frame)
-                seg.next_position = item.first_position + count
-            last = accepted[-1]
-            self._next_position = last.first_position + len(last.request.events)
+                seg.next_position = item.first_position + item.count
+            self._next_position = seg.next_position
             self._committed.notify_all()
+        here = _running_loop()
         for item in accepted:
-            last_seq = item.first_seq + len(item.request.events) - 1
-            last_position = item.first_position + len(item.request.events) - 1
+            n = item.count - 1
             item.request.settle(
-                AppendResult(item.first_position, last_position, last_seq, item.epoch)
+                AppendResult(
+                    item.first_position, item.first_position + n, item.first_seq + n, item.epoch
+                ),
+                here,
             )
 
     def _roll(self, base_position: int) -> _Segment:

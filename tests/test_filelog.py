@@ -47,7 +47,9 @@ def test_second_writer_process_is_refused(tmp_path: Path) -> None:
             "except LogLockedError as e:\n"
             "    print(e); sys.exit(3)\n"
         )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], check=False, capture_output=True, text=True
+        )
         assert proc.returncode == 3, proc.stderr
         assert "is locked by another process" in proc.stdout
         # A reader in another process is fine and sees the durable events.
@@ -56,7 +58,9 @@ def test_second_writer_process_is_refused(tmp_path: Path) -> None:
             f"log = FileLog.open({str(tmp_path / 'log')!r}, readonly=True)\n"
             "print(log.head())\n"
         )
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", code], check=False, capture_output=True, text=True
+        )
         assert proc.stdout.strip() == "1", proc.stderr
 
 

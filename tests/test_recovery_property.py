@@ -97,7 +97,9 @@ def _frame_containing(base: Base, segment: int, offset: int) -> Frame:
 
 
 PROPERTY = settings(
-    max_examples=int(os.environ.get("FLEETLOG_PROPERTY_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("FLEETLOG_PROPERTY_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 

@@ -1,0 +1,36 @@
+"""The benchmark runners still run (figures are not asserted: timing belongs to bench/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_log_bench_runs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.log_bench",
+            "--json",
+            "--seconds",
+            "0.2",
+            "--repeats",
+            "1",
+            "--dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout)
+    assert figures
+    assert list(tmp_path.iterdir()) == []  # the benchmark cleans up after itself

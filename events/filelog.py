@@ -791,7 +791,11 @@ class FileLog:
             n = item.count - 1
             item.request.settle(
                 AppendResult(
-                    item.first_position, item.first_position + n, item.first_seq + n, item.epoch
+                    item.first_position,
+                    item.first_position + n,
+                    item.first_seq + n,
+                    item.epoch,
+                    item.request.ts,
                 ),
                 here,
             )

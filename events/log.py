@@ -24,6 +24,7 @@ class AppendResult(msgspec.Struct, frozen=True):
     last_position: int
     last_seq: int
     epoch: int
+    ts: float = 0.0  # the time the log stamped on these events
 
 
 @runtime_checkable

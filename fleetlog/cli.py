@@ -11,10 +11,33 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from fleetlog.events.errors import FleetlogError
+from fleetlog.config import (
+    Config,
+    Task,
+    derived_task_id,
+    load_config,
+    load_tasks,
+    parse_task,
+    session_id_for,
+)
+from fleetlog.events.errors import FleetlogError, LogLockedError, SessionNotFound
+from fleetlog.events.filelog import FileLog
+from fleetlog.events.partitions import open_readers, partition_dirs
+from fleetlog.events.schema import (
+    CancelRequested,
+    Event,
+    ReviewDecided,
+    ReviewRequested,
+    SessionFailed,
+)
+from fleetlog.events.state import TERMINAL, SessionState, fold
 from fleetlog.events.verify import verify_log
 
 __all__ = ["main"]
@@ -24,49 +47,472 @@ class UsageError(FleetlogError):
     """A command was called wrongly (exit 2)."""
 
 
+# --- shared helpers ------------------------------------------------------------------------
+
+
 def _home(args: argparse.Namespace) -> Path:
     if args.home:
         return Path(args.home)
     return Path(os.environ.get("FLEETLOG_HOME") or ".fleetlog")
 
 
-def log_dir(home: Path) -> Path:
-    return home / "log"
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _print_json(rows: Any) -> None:
+    _out(json.dumps(rows, default=str))
+
+
+def _states(home: Path) -> list[SessionState]:
+    """Every session, folded from the log (read-only: works next to a running fleet)."""
+    states: list[SessionState] = []
+    for reader in open_readers(home / "log"):
+        try:
+            for sid in reader.session_ids():
+                states.append(fold(sid, reader.read_stream(sid, resolve_blobs=False)))
+        finally:
+            reader.close()
+    states.sort(key=lambda s: (s.created_at, s.session_id))
+    return states
+
+
+def _row(s: SessionState) -> dict[str, Any]:
+    return {
+        "id": s.session_id,
+        "task_id": s.task_id,
+        "status": s.status,
+        "agent_type": s.agent_type,
+        "tenant": s.tenant,
+        "step_count": s.step,
+        "token_count": s.token_count,
+        "cost_usd": round(s.cost_usd, 6),
+        "error": s.error,
+        "restarts": s.restarts,
+    }
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    Console(width=max(120, len(columns) * 14)).print(table)
+
+
+@contextmanager
+def _ray(address: str | None, namespace: str | None = None) -> Iterator[str]:
+    """Connect to Ray (or start a local one); yields the cluster address."""
+    import logging
+
+    import ray
+
+    kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
+    if namespace:
+        kwargs["namespace"] = namespace
+    ctx: Any
+    if address:
+        ctx = ray.init(address=address, **kwargs)
+    else:
+        ctx = ray.init(include_dashboard=False, **kwargs)
+    try:
+        yield str(ctx.address_info.get("address") or ctx.address_info.get("gcs_address") or "")
+    finally:
+        ray.shutdown()
+
+
+# --- run -----------------------------------------------------------------------------------
+
+
+def _tasks_for(args: argparse.Namespace) -> list[Task]:
+    if args.demo is not None:
+        from fleetlog.actors.model import demo_tasks
+
+        if args.demo < 1:
+            raise UsageError("--demo needs a positive number of tasks")
+        return [
+            parse_task(t, source="demo", line=i + 1) for i, t in enumerate(demo_tasks(args.demo))
+        ]
+    if not args.tasks:
+        raise UsageError("give a tasks file (JSON Lines) or --demo N")
+    tasks = load_tasks(args.tasks)
+    if not tasks:
+        raise FleetlogError(f"{args.tasks}: no tasks in the file")
+    return tasks
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fleetlog.actors.fleet import SETTLED, Fleet, namespace_for
+
+    home = _home(args).resolve()
+    config = _config(args)
+    tasks = _tasks_for(args)
+    hosts = args.hosts or config.fleet.hosts
+    keyed = []
+    for ordinal, task in enumerate(tasks, start=1):
+        task_id = task.id or derived_task_id(task, ordinal)
+        keyed.append((task, session_id_for(task_id)))
+    session_ids = {sid for _, sid in keyed}
+    if len(session_ids) != len(keyed):
+        raise FleetlogError("two tasks map to the same session (duplicate ids)")
+    with _ray(args.address, namespace_for(home)) as address:
+        started = time.monotonic()
+        fleet = Fleet.start(home, config, hosts=hosts)
+        fleet.write_fleet_file(address)
+        try:
+            created = fleet.submit_many(keyed)
+            _err(
+                f"fleet: {hosts} host(s), {len(keyed)} task(s): {created} new, "
+                f"{len(keyed) - created} resumed; home {home}"
+            )
+            rows = _watch(fleet, session_ids, started, live=not args.no_progress)
+        finally:
+            fleet.shutdown()
+    elapsed = time.monotonic() - started
+    _summary(rows, elapsed, settled=SETTLED)
+    return 0
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _progress_line(rows: list[dict[str, Any]], total: int, elapsed: float) -> str:
+    counts = Counter(r["status"] for r in rows)
+    steps = sum(r["step_count"] for r in rows)
+    tokens = sum(r["token_count"] for r in rows)
+    cost = sum(r["cost_usd"] for r in rows)
+    parts = [
+        f"{counts.get(s, 0)} {s}"
+        for s in ("running", "awaiting_review", "completed", "failed", "cancelled")
+    ]
+    pending = total - sum(counts.values()) + counts.get("pending", 0)
+    return (
+        f"[{elapsed:6.1f}s] {pending} pending, "
+        + ", ".join(parts)
+        + f" | {steps} steps ({steps / max(elapsed, 1e-9):.0f}/s), {tokens:,} tokens, ${cost:.4f}"
+    )
+
+
+def _watch(
+    fleet: Any, session_ids: set[str], started: float, *, live: bool
+) -> list[dict[str, Any]]:
+    from fleetlog.actors.fleet import SETTLED
+
+    def poll() -> tuple[list[dict[str, Any]], bool]:
+        rows = [r for r in fleet.statuses() if r["id"] in session_ids]
+        done = len(rows) == len(session_ids) and all(r["status"] in SETTLED for r in rows)
+        return rows, done
+
+    if live and sys.stderr.isatty():
+        from rich.console import Console
+        from rich.live import Live
+
+        with Live(console=Console(stderr=True), refresh_per_second=4, transient=False) as view:
+            while True:
+                rows, done = poll()
+                view.update(_progress_line(rows, len(session_ids), time.monotonic() - started))
+                if done:
+                    return rows
+                time.sleep(0.25)
+    last = 0.0
+    while True:
+        rows, done = poll()
+        now = time.monotonic()
+        if done or now - last > 2.0:
+            _err(_progress_line(rows, len(session_ids), now - started))
+            last = now
+        if done:
+            return rows
+        time.sleep(0.25)
+
+
+def _summary(rows: list[dict[str, Any]], elapsed: float, *, settled: frozenset[str]) -> None:
+    counts = Counter(r["status"] for r in rows)
+    by_status = []
+    for status in ("completed", "failed", "cancelled", "awaiting_review", "running", "pending"):
+        sel = [r for r in rows if r["status"] == status]
+        if sel:
+            by_status.append(
+                {
+                    "status": status,
+                    "sessions": len(sel),
+                    "steps": sum(r["step_count"] for r in sel),
+                    "tokens": f"{sum(r['token_count'] for r in sel):,}",
+                    "cost_usd": f"{sum(r['cost_usd'] for r in sel):.4f}",
+                }
+            )
+    _table(by_status, ["status", "sessions", "steps", "tokens", "cost_usd"])
+    errors = Counter(r["error"].split(":", 1)[0] for r in rows if r["error"])
+    if errors:
+        _out("failures: " + ", ".join(f"{code} {n}" for code, n in errors.most_common()))
+    reviews = [(r["id"], c) for r in rows for c in r.get("reviews", [])]
+    if reviews:
+        _out(
+            f"reviews pending: {len(reviews)} (fleetlog reviews; fleetlog approve SESSION CALL_ID)"
+        )
+        for sid, c in reviews[:5]:
+            _out(f"  {sid} {c['call_id']} {c['tool']}: {c['reason']}")
+    steps = sum(r["step_count"] for r in rows)
+    _out(
+        f"{len(rows)} sessions in {elapsed:.1f}s: {counts.get('completed', 0)} completed, "
+        f"{counts.get('failed', 0)} failed, {counts.get('awaiting_review', 0)} awaiting review; "
+        f"{steps} steps, {sum(r['token_count'] for r in rows):,} tokens, "
+        f"${sum(r['cost_usd'] for r in rows):.4f}"
+    )
+    unsettled = [r for r in rows if r["status"] not in settled]
+    if unsettled:
+        _out(f"{len(unsettled)} session(s) still running: re-run to resume them")
+
+
+# --- reading commands ----------------------------------------------------------------------
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    rows = [_row(s) for s in _states(_home(args))]
+    if args.status:
+        rows = [r for r in rows if r["status"] == args.status]
+    if args.json:
+        _print_json(rows)
+    else:
+        _table(
+            rows,
+            [
+                "id",
+                "status",
+                "agent_type",
+                "tenant",
+                "step_count",
+                "token_count",
+                "cost_usd",
+                "error",
+            ],
+        )
+    return 0
+
+
+def _find_stream(home: Path, session_id: str) -> list[Any]:
+    for reader in open_readers(home / "log"):
+        try:
+            if reader.last_seq(session_id) > 0:
+                return reader.read_stream(session_id, resolve_blobs=False)
+        finally:
+            reader.close()
+    raise SessionNotFound(session_id)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import msgspec
+
+    stream = _find_stream(_home(args), args.session)
+    if args.json:
+        _out(msgspec.json.encode(stream).decode())
+        return 0
+    state = fold(args.session, stream)
+    _out(
+        f"session {state.session_id}  task {state.task_id}  {state.status}  agent {state.agent_type}  tenant {state.tenant}"
+    )
+    _out(
+        f"steps {state.step}  tokens {state.token_count:,}  cost ${state.cost_usd:.4f}  restarts {state.restarts}  {state.error}"
+    )
+    for env in stream:
+        data = msgspec.to_builtins(env.event)
+        data.pop("type", None)
+        text = json.dumps(data, default=str)
+        if len(text) > 160:
+            text = text[:157] + "..."
+        stamp = time.strftime("%H:%M:%S", time.localtime(env.ts))
+        _out(f"{env.seq:>4} {stamp} e{env.epoch} {type(env.event).__name__:<20} {text}")
+    return 0
+
+
+def _reviews(home: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for reader in open_readers(home / "log"):
+        try:
+            for sid in reader.session_ids():
+                stream = reader.read_stream(sid, resolve_blobs=False)
+                state = fold(sid, stream)
+                asked = {
+                    e.event.call_id: e.ts for e in stream if isinstance(e.event, ReviewRequested)
+                }
+                for call in state.awaiting_review():
+                    rows.append(
+                        {
+                            "session_id": sid,
+                            "call_id": call.call_id,
+                            "tool": call.tool,
+                            "input": call.input if isinstance(call.input, str) else "<blob>",
+                            "risk": call.risk,
+                            "reason": call.reason,
+                            "in_doubt": call.in_doubt,
+                            "requested_at": asked.get(call.call_id, 0.0),
+                        }
+                    )
+        finally:
+            reader.close()
+    rows.sort(key=lambda r: r["requested_at"])
+    return rows
+
+
+def cmd_reviews(args: argparse.Namespace) -> int:
+    rows = _reviews(_home(args))
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        _out("no tool calls await review")
+    else:
+        _table(rows, ["session_id", "call_id", "tool", "risk", "reason", "input"])
+    return 0
+
+
+# --- decisions -----------------------------------------------------------------------------
+
+
+def _decide(args: argparse.Namespace, kind: str) -> int:
+    from fleetlog.actors.runner import Command
+
+    home = _home(args).resolve()
+    reviewer = os.environ.get("USER", "") or "operator"
+    command = Command(
+        kind=kind,
+        call_id=getattr(args, "call_id", "") or "",
+        note=getattr(args, "note", "") or "",
+        reviewer=reviewer,
+        end_session=bool(getattr(args, "end", False)),
+    )
+    if (home / "fleet.json").exists() and _route_to_fleet(home, args, command):
+        _out(f"{kind}: sent to the running fleet")
+        return 0
+    _append_offline(home, args.session, command)
+    _out(f"{kind}: recorded; the session picks it up when it runs")
+    return 0
+
+
+def _route_to_fleet(home: Path, args: argparse.Namespace, command: Any) -> bool:
+    from fleetlog.actors.fleet import Fleet
+
+    info = json.loads((home / "fleet.json").read_text())
+    try:
+        with _ray(info["address"], info["namespace"]):
+            fleet = Fleet.join(home, _config(args))
+            if not fleet.command(args.session, command):
+                raise SessionNotFound(args.session)
+            return True
+    except FleetlogError:
+        raise
+    except Exception:
+        return False  # no fleet answering: the log is the way
+
+
+def _append_offline(home: Path, session_id: str, command: Any) -> None:
+    for path in partition_dirs(home / "log"):
+        try:
+            log = FileLog.open(path)
+        except LogLockedError as e:
+            raise FleetlogError(
+                f"a fleet owns {path} but did not answer; try again, or stop it ({e.holder})"
+            ) from None
+        try:
+            last = log.last_seq(session_id)
+            if last == 0:
+                continue
+            state = fold(session_id, log.read_stream(session_id, resolve_blobs=False))
+            events: list[Event]
+            if command.kind == "cancel":
+                if state.status in TERMINAL:
+                    raise FleetlogError(f"session {session_id} is already {state.status}")
+                events = [CancelRequested(by=command.reviewer, note=command.note)]
+            else:
+                call = state.tool_calls.get(command.call_id)
+                if call is None:
+                    raise FleetlogError(f"session {session_id} has no tool call {command.call_id}")
+                if call.status != "awaiting_review":
+                    raise FleetlogError(
+                        f"tool call {command.call_id} is {call.status}, not awaiting review"
+                    )
+                approved = command.kind == "approve"
+                events = [
+                    ReviewDecided(
+                        call_id=command.call_id,
+                        approved=approved,
+                        reviewer=command.reviewer,
+                        note=command.note,
+                        end_session=command.end_session and not approved,
+                    )
+                ]
+                if command.end_session and not approved:
+                    events.append(
+                        SessionFailed(error=f"DENIED_BY_REVIEWER: {command.note or call.tool}")
+                    )
+            log.append(session_id, events, last)  # not an owner: never fenced, seq-checked
+            return
+        finally:
+            log.close()
+    raise SessionNotFound(session_id)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    return _decide(args, "approve")
+
+
+def cmd_deny(args: argparse.Namespace) -> int:
+    return _decide(args, "deny")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    return _decide(args, "cancel")
+
+
+# --- verify --------------------------------------------------------------------------------
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     home = _home(args)
-    path = log_dir(home)
-    if not (path / "segments").is_dir():
-        raise FleetlogError(f"no event log under {home} (looked for {path}/segments)")
-    report = verify_log(path)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": report.ok,
-                    "segments": report.segments,
-                    "frames": report.frames,
-                    "events": report.events,
-                    "sessions": report.sessions,
-                    "blobs_checked": report.blobs_checked,
-                    "faults": [str(f) for f in report.faults],
-                    "notes": report.notes,
-                }
+    paths = partition_dirs(home / "log")
+    if not paths:
+        raise FleetlogError(f"no event log under {home} (looked in {home / 'log'})")
+    ok = True
+    reports = []
+    for path in paths:
+        report = verify_log(path)
+        ok = ok and report.ok
+        reports.append(report)
+        if not args.json:
+            for fault in report.faults:
+                _out(f"FAULT {fault}")
+            for note in report.notes:
+                _out(f"note: {note}")
+            verdict = "ok" if report.ok else f"{len(report.faults)} fault(s)"
+            _out(
+                f"{path}: {verdict} — {report.events} events in {report.frames} frames, "
+                f"{report.segments} segment(s), {report.sessions} session(s), "
+                f"{report.blobs_checked} blob(s) checked"
             )
+    if args.json:
+        _print_json(
+            {
+                "ok": ok,
+                "events": sum(r.events for r in reports),
+                "frames": sum(r.frames for r in reports),
+                "segments": sum(r.segments for r in reports),
+                "sessions": sum(r.sessions for r in reports),
+                "blobs_checked": sum(r.blobs_checked for r in reports),
+                "faults": [f"{r.path}: {f}" for r in reports for f in r.faults],
+                "notes": [n for r in reports for n in r.notes],
+            }
         )
-    else:
-        for fault in report.faults:
-            print(f"FAULT {fault}")
-        for note in report.notes:
-            print(f"note: {note}")
-        verdict = "ok" if report.ok else f"{len(report.faults)} fault(s)"
-        print(
-            f"{path}: {verdict} — {report.events} events in {report.frames} frames, "
-            f"{report.segments} segment(s), {report.sessions} session(s), "
-            f"{report.blobs_checked} blob(s) checked"
-        )
-    return 0 if report.ok else 1
+    return 0 if ok else 1
+
+
+# --- argument parsing ----------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,13 +523,59 @@ def _parser() -> argparse.ArgumentParser:
         prog="fleetlog", description="A production runtime for fleets of LLM agents."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    verify = sub.add_parser(
-        "verify",
-        parents=[common],
-        help="check the log end to end (checksums, contiguous sequence numbers); exit 1 on faults",
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    run = add("run", cmd_run, "run every task until each session is terminal or awaiting review")
+    run.add_argument("tasks", nargs="?", help="tasks file (JSON Lines, SPEC §5)")
+    run.add_argument("--demo", type=int, metavar="N", help="run N generated demo tasks instead")
+    run.add_argument("--hosts", type=int, help="SessionHost actors (default [fleet] hosts)")
+    run.add_argument("--address", help="join a running Ray cluster instead of starting one")
+    run.add_argument(
+        "--no-progress", action="store_true", help="plain progress lines, no live display"
+    )
+
+    sessions = add("sessions", cmd_sessions, "list sessions")
+    sessions.add_argument(
+        "--status",
+        choices=["pending", "running", "completed", "failed", "cancelled", "awaiting_review"],
+    )
+    sessions.add_argument("--json", action="store_true")
+
+    show = add("show", cmd_show, "one session's timeline, event by event")
+    show.add_argument("session")
+    show.add_argument("--json", action="store_true")
+
+    reviews = add("reviews", cmd_reviews, "tool calls waiting for a human decision")
+    reviews.add_argument("--json", action="store_true")
+
+    approve = add("approve", cmd_approve, "approve a tool call; the session resumes")
+    approve.add_argument("session")
+    approve.add_argument("call_id")
+    approve.add_argument("--note", default="")
+
+    deny = add(
+        "deny", cmd_deny, "deny a tool call; the model is told (or the session ends with --end)"
+    )
+    deny.add_argument("session")
+    deny.add_argument("call_id")
+    deny.add_argument("--note", default="")
+    deny.add_argument(
+        "--end", action="store_true", help="also end the session (DENIED_BY_REVIEWER)"
+    )
+
+    cancel = add("cancel", cmd_cancel, "cancel a session")
+    cancel.add_argument("session")
+
+    verify = add(
+        "verify", cmd_verify, "check the log end to end (checksums, contiguous sequence numbers)"
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
-    verify.set_defaults(func=cmd_verify)
     return parser
 
 
@@ -103,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fleetlog: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("fleetlog: interrupted", file=sys.stderr)
+        print("fleetlog: interrupted; re-run to resume", file=sys.stderr)
         return 130
     except Exception as e:
         if os.environ.get("FLEETLOG_DEBUG"):

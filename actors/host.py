@@ -1,0 +1,295 @@
+"""SessionHost: an async actor that owns many sessions, one asyncio task each.
+
+The host is the single writer of its sessions. Placement is a pure function of
+the session id and the number of hosts (``host_for``), so after a restart — on
+the same node or another — a host finds its sessions in the log, claims each
+with a newer epoch (fencing off any stale owner) and resumes it from its
+stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fleetlog.actors.safety import Policy
+from fleetlog.actors.tools import BUILTIN_TOOLS, ToolSpec, load_tools_module
+
+from fleetlog.actors.model import AnthropicModel, ModelClient, ScriptedModel
+from fleetlog.actors.runner import (
+    BudgetPort,
+    Command,
+    Pricing,
+    RunnerDeps,
+    SessionRunner,
+    internal_error,
+)
+from fleetlog.config import Config
+from fleetlog.events.errors import ConcurrencyError, FencedError, LogError, LogLockedError
+from fleetlog.events.filelog import FileLog
+from fleetlog.events.log import AppendResult
+from fleetlog.events.partitions import partition_dirs, partition_path
+from fleetlog.events.schema import Envelope, Event, SessionCreated
+
+__all__ = ["host_for", "HostCore", "session_summary"]
+
+log = logging.getLogger("fleetlog.host")
+
+
+def host_for(session_id: str, hosts: int) -> int:
+    """Which host owns a session: stable for a given fleet size."""
+    digest = hashlib.blake2b(session_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % hosts
+
+
+def session_summary(runner: SessionRunner) -> dict[str, Any]:
+    s = runner.state.session
+    return {
+        "id": s.session_id,
+        "task_id": s.task_id,
+        "status": s.status,
+        "agent_type": s.agent_type,
+        "tenant": s.tenant,
+        "step_count": s.step,
+        "token_count": s.token_count,
+        "cost_usd": round(s.cost_usd, 6),
+        "error": s.error,
+        "restarts": s.restarts,
+        "reviews": [
+            {"call_id": c.call_id, "tool": c.tool, "reason": c.reason, "in_doubt": c.in_doubt}
+            for c in s.awaiting_review()
+        ],
+    }
+
+
+def tools_for(config: Config) -> dict[str, ToolSpec]:
+    tools = dict(BUILTIN_TOOLS)
+    if config.fleet.tools_module:
+        tools.update(load_tools_module(config.fleet.tools_module))
+    return tools
+
+
+def policy_for(config: Config) -> Policy:
+    if config.policy is None:
+        return Policy.default()
+    return Policy(
+        deny=list(config.policy.deny), ask=list(config.policy.ask), allow=list(config.policy.allow)
+    )
+
+
+class _PartitionPort:
+    """The runners' LogPort: each session's appends go to the partition holding its stream."""
+
+    def __init__(self, host: HostCore) -> None:
+        self.host = host
+
+    async def append(
+        self, session_id: str, events: Sequence[Event], expected_seq: int, epoch: int | None
+    ) -> AppendResult:
+        return await self.host.log_for(session_id).append_async(
+            session_id, events, expected_seq, epoch
+        )
+
+    async def read_stream(self, session_id: str) -> list[Envelope]:
+        log = self.host.find(session_id)
+        return log.read_stream(session_id) if log is not None else []
+
+
+class HostCore:
+    """The host's logic, testable without Ray: it owns log partitions and runs their sessions."""
+
+    def __init__(
+        self,
+        index: int,
+        hosts: int,
+        home: Path,
+        config: Config,
+        budget: BudgetPort | None = None,
+        *,
+        lock_wait_s: float = 60.0,
+    ) -> None:
+        self.index = index
+        self.hosts = hosts
+        self.home = home
+        self.config = config
+        self.lock_wait_s = lock_wait_s
+        self.partitions: dict[int, FileLog] = {}
+        self._models: dict[str, ModelClient] = {}
+        self.deps = RunnerDeps(
+            log=_PartitionPort(self),
+            model_for=self._model_for,
+            pricing_for=self._pricing_for,
+            tools=tools_for(config),
+            policy=policy_for(config),
+            budget=budget if config.budgets else None,
+            home=home,
+            owner=f"host-{index}@{socket.gethostname()}:{os.getpid()}",
+            node=socket.gethostname(),
+            compact_at=config.context.compact_at,
+            keep_recent_turns=config.context.keep_recent_turns,
+        )
+        self.runners: dict[str, SessionRunner] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.wakeups: dict[str, asyncio.Event] = {}
+        self._started = False
+
+    # --- partitions ------------------------------------------------------------------------
+
+    def _open_partitions(self) -> None:
+        root = self.home / "log"
+        existing = [int(p.name[1:]) for p in partition_dirs(root) if p.name[1:].isdigit()]
+        count = max([self.hosts, *(i + 1 for i in existing)])
+        for p in range(count):
+            if p % self.hosts == self.index and p not in self.partitions:
+                self.partitions[p] = self._open_locked(partition_path(root, p))
+
+    def _open_locked(self, path: Path) -> FileLog:
+        # After a restart elsewhere the previous owner may not be dead yet: its
+        # lock is the fence. Wait for it rather than ever share a partition.
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                return FileLog.open(path)
+            except LogLockedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def find(self, session_id: str) -> FileLog | None:
+        for log in self.partitions.values():
+            if log.last_seq(session_id) > 0:
+                return log
+        return None
+
+    def log_for(self, session_id: str) -> FileLog:
+        found = self.find(session_id)
+        if found is not None:
+            return found
+        return self.partitions[host_for(session_id, self.hosts)]
+
+    def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        for log in self.partitions.values():
+            log.close()
+        self.partitions.clear()
+
+    # --- models ------------------------------------------------------------------------
+
+    def _model_for(self, name: str) -> ModelClient:
+        client = self._models.get(name)
+        if client is None:
+            client = ScriptedModel() if name == "scripted" else AnthropicModel()
+            self._models[name] = client
+        return client
+
+    def _pricing_for(self, name: str) -> Pricing:
+        m = self.config.model_config(name)
+        return Pricing(m.context_window, m.input_usd_per_mtok, m.output_usd_per_mtok)
+
+    # --- sessions ----------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Open this host's partitions and resume every session in them (idempotent)."""
+        if self._started:
+            return 0
+        self._open_partitions()
+        self._started = True
+        started = 0
+        for log in self.partitions.values():
+            for session_id in log.session_ids():
+                if session_id not in self.tasks:
+                    self.open(session_id)
+                    started += 1
+        return started
+
+    def has(self, session_id: str) -> bool:
+        return self.find(session_id) is not None
+
+    async def create(self, session_id: str, event: SessionCreated) -> bool:
+        """Record a new session in this host's partition and run it; False if it existed."""
+        if self.find(session_id) is None:
+            try:
+                await self.log_for(session_id).append_async(session_id, [event], 0)
+            except ConcurrencyError:
+                pass
+            else:
+                self.open(session_id)
+                return True
+        self.open(session_id)
+        return False
+
+    def open(self, session_id: str) -> None:
+        task = self.tasks.get(session_id)
+        if task is not None and not task.done():
+            return
+        self.wakeups.setdefault(session_id, asyncio.Event())
+        self.tasks[session_id] = asyncio.get_running_loop().create_task(self._drive(session_id))
+
+    async def _drive(self, session_id: str) -> None:
+        runner = self.runners.get(session_id)
+        if runner is None:
+            runner = self.runners[session_id] = SessionRunner(session_id, self.deps)
+        backoff = 0.05
+        claimed = runner.epoch > 0
+        while True:
+            try:
+                if not claimed:
+                    await runner.claim()
+                    claimed = True
+                state = await runner.run()
+                if state.session.terminal:
+                    return
+                # Waiting for a human: sleep until a command arrives.
+                wake = self.wakeups[session_id]
+                await wake.wait()
+                wake.clear()
+            except FencedError:
+                log.info("session %s was claimed by a newer owner; letting go", session_id)
+                return
+            except ConcurrencyError:
+                await runner.load()  # someone appended (an operator's decision): re-read
+            except LogError as e:
+                log.warning("session %s: log unavailable (%s); retrying", session_id, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                claimed = False  # re-read and re-claim: the append may or may not have landed
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.exception("session %s failed", session_id)
+                try:
+                    await runner.commit(internal_error(e))
+                except Exception:
+                    log.exception("session %s: could not record the failure", session_id)
+                return
+
+    async def command(self, session_id: str, command: Command) -> bool:
+        """Route an operator's decision to the session; False if it is not here."""
+        if self.find(session_id) is None:
+            return False
+        runner = self.runners.get(session_id)
+        if runner is None:
+            runner = self.runners[session_id] = SessionRunner(session_id, self.deps)
+        runner.inbox.append(command)
+        task = self.tasks.get(session_id)
+        if command.kind == "cancel" and task is not None and not task.done():
+            # Stop the effect in flight; the restarted task records the cancellation.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            await runner.load()
+        self.wakeups.setdefault(session_id, asyncio.Event()).set()
+        self.open(session_id)
+        return True
+
+    def statuses(self) -> list[dict[str, Any]]:
+        return [session_summary(r) for r in self.runners.values() if hasattr(r, "state")]

@@ -12,6 +12,7 @@ other processes find a running fleet through ``HOME/fleet.json``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -135,11 +136,15 @@ class _HostActor:
 
 
 class _Dispatcher:
-    def __init__(self, hosts: list[Any]) -> None:
-        self.hosts = hosts
+    def __init__(self, namespace: str, hosts: int) -> None:
+        # Looked up by name rather than passed in: handles as constructor
+        # arguments would live in the object store and could be lost on restart.
+        self.hosts = [
+            ray.get_actor(f"fleetlog-host-{i}", namespace=namespace) for i in range(hosts)
+        ]
 
     async def _owner(self, session_id: str) -> Any | None:
-        found = await asyncio.gather(*(h.has.remote(session_id) for h in self.hosts))
+        found: list[bool] = await asyncio.gather(*(h.has.remote(session_id) for h in self.hosts))
         for host, has in zip(self.hosts, found, strict=True):
             if has:
                 return host
@@ -161,7 +166,8 @@ class _Dispatcher:
         return result
 
     async def statuses(self) -> list[dict[str, Any]]:
-        parts = await asyncio.gather(*(h.statuses.remote() for h in self.hosts))
+        calls = (h.statuses.remote() for h in self.hosts)
+        parts: list[list[dict[str, Any]]] = await asyncio.gather(*calls)
         return [row for part in parts for row in part]
 
 
@@ -177,7 +183,15 @@ class Fleet:
         self.dispatcher = actors["dispatcher"]
 
     @classmethod
-    def start(cls, home: Path, config: Config, *, hosts: int, detached: bool = False) -> Fleet:
+    def start(
+        cls,
+        home: Path,
+        config: Config,
+        *,
+        hosts: int,
+        detached: bool = False,
+        runtime_env: dict[str, Any] | None = None,
+    ) -> Fleet:
         home = home.resolve()
         (home / "log").mkdir(parents=True, exist_ok=True)
         namespace = namespace_for(home)
@@ -207,6 +221,7 @@ class Fleet:
                 max_task_retries=-1,
                 num_cpus=0,
                 max_concurrency=100_000,
+                runtime_env=runtime_env,
             )
             .remote(i, hosts, str(home), config, ledger)
             for i in range(hosts)
@@ -222,7 +237,7 @@ class Fleet:
                 num_cpus=0,
                 max_concurrency=1000,
             )
-            .remote(host_handles)
+            .remote(namespace, hosts)
         )
         ray.get([h.ping.remote() for h in host_handles])
         return cls(
@@ -293,10 +308,9 @@ class Fleet:
 
     def shutdown(self) -> None:
         """Stop the actors; hosts close their partitions (releasing the locks) first."""
-        try:
+        # A host that cannot answer is killed below all the same.
+        with contextlib.suppress(Exception):
             ray.get([h.close.remote() for h in self.hosts], timeout=30)
-        except Exception:  # a host that cannot answer is killed below all the same
-            pass
         for handle in [self.dispatcher, *self.hosts, self.ledger]:
             if handle is not None:
                 ray.kill(handle, no_restart=True)

@@ -20,9 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fleetlog.actors.safety import Policy
-from fleetlog.actors.tools import BUILTIN_TOOLS, ToolSpec, load_tools_module
-
 from fleetlog.actors.model import AnthropicModel, ModelClient, ScriptedModel
 from fleetlog.actors.runner import (
     BudgetPort,
@@ -32,6 +29,8 @@ from fleetlog.actors.runner import (
     SessionRunner,
     internal_error,
 )
+from fleetlog.actors.safety import Policy
+from fleetlog.actors.tools import BUILTIN_TOOLS, ToolSpec, load_tools_module
 from fleetlog.config import Config
 from fleetlog.events.errors import ConcurrencyError, FencedError, LogError, LogLockedError
 from fleetlog.events.filelog import FileLog
@@ -187,7 +186,13 @@ class HostCore:
     def _model_for(self, name: str) -> ModelClient:
         client = self._models.get(name)
         if client is None:
-            client = ScriptedModel() if name == "scripted" else AnthropicModel()
+            if name == "scripted":
+                # A think time for the offline model, so that demos and failure
+                # tests can catch sessions mid-flight (milliseconds per call).
+                latency_ms = float(os.environ.get("FLEETLOG_SCRIPTED_LATENCY_MS", "0") or 0)
+                client = ScriptedModel(latency_s=latency_ms / 1000)
+            else:
+                client = AnthropicModel()
             self._models[name] = client
         return client
 

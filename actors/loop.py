@@ -1,4 +1,4 @@
-"""The agent loop as pure functions: ``evolve_agent`` folds events, ``decide`` picks the next effect.
+"""The agent loop as pure functions: ``evolve_agent`` folds events, ``decide`` picks the effect.
 
 Neither reads a clock, draws a random number or does I/O: the current time is
 an argument, and ids are derived from the state. The effect runner

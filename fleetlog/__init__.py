@@ -3,6 +3,7 @@
 The public surface is what ``__all__`` names; everything else may change.
 """
 
+from fleetlog.actors.tools import ToolContext, tool
 from fleetlog.events.errors import (
     BlobMissingError,
     ConcurrencyError,
@@ -35,10 +36,12 @@ __all__ = [
     "LogError",
     "LogLockedError",
     "SessionState",
+    "ToolContext",
     "VerifyReport",
     "evolve",
     "fold",
     "follow",
+    "tool",
     "verify_log",
 ]
 

@@ -317,10 +317,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     state = fold(args.session, stream)
     _out(
-        f"session {state.session_id}  task {state.task_id}  {state.status}  agent {state.agent_type}  tenant {state.tenant}"
+        f"session {state.session_id}  task {state.task_id}  {state.status}  "
+        f"agent {state.agent_type}  tenant {state.tenant}"
     )
     _out(
-        f"steps {state.step}  tokens {state.token_count:,}  cost ${state.cost_usd:.4f}  restarts {state.restarts}  {state.error}"
+        f"steps {state.step}  tokens {state.token_count:,}  cost ${state.cost_usd:.4f}  "
+        f"restarts {state.restarts}  {state.error}"
     )
     for env in stream:
         data = msgspec.to_builtins(env.event)

@@ -22,10 +22,12 @@ def test_public_names_are_pinned() -> None:
         "LogError",
         "LogLockedError",
         "SessionState",
+        "ToolContext",
         "VerifyReport",
         "evolve",
         "fold",
         "follow",
+        "tool",
         "verify_log",
     ]
     for name in fleetlog.__all__:

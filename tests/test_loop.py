@@ -43,7 +43,10 @@ T0 = 1_700_000_000.0
 CONFIG = LoopConfig(idempotent_tools=frozenset({"read_file"}))
 
 
-def build(*events: Event, limits: Limits = Limits(), start: float = T0) -> AgentState:
+DEFAULT_LIMITS = Limits()
+
+
+def build(*events: Event, limits: Limits = DEFAULT_LIMITS, start: float = T0) -> AgentState:
     history: list[Event] = [
         SessionCreated(
             task_id="t", prompt="do the thing", tools=["read_file", "send_email"], limits=limits

@@ -191,6 +191,7 @@ class Fleet:
         hosts: int,
         detached: bool = False,
         runtime_env: dict[str, Any] | None = None,
+        host_scheduling: Any = None,
     ) -> Fleet:
         home = home.resolve()
         (home / "log").mkdir(parents=True, exist_ok=True)
@@ -222,6 +223,7 @@ class Fleet:
                 num_cpus=0,
                 max_concurrency=100_000,
                 runtime_env=runtime_env,
+                scheduling_strategy=host_scheduling,
             )
             .remote(i, hosts, str(home), config, ledger)
             for i in range(hosts)

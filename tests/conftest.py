@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -17,3 +18,26 @@ def wait_until(
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole test session (starting Ray costs seconds).
+
+    Token auth is disabled for this loopback-only test cluster only; real
+    deployments keep Ray's default (see README).
+    """
+    import logging
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        namespace="fleetlog-tests",
+    )
+    yield
+    ray.shutdown()

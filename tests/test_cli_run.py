@@ -1,0 +1,168 @@
+"""``fleetlog run`` and friends as a user runs them: real processes, real Ray, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fleetlog.events.partitions import open_readers
+from fleetlog.events.schema import ModelResponded
+
+ENV = dict(os.environ, RAY_AUTH_MODE="disabled")
+
+
+def fleetlog(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleetlog.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or ENV,
+    )
+
+
+def _model_calls_answered_once(home: Path) -> int:
+    total = 0
+    for reader in open_readers(home / "log"):
+        try:
+            for sid in reader.session_ids():
+                answered = [
+                    e.event.request_id
+                    for e in reader.read_stream(sid, resolve_blobs=False)
+                    if isinstance(e.event, ModelResponded)
+                ]
+                assert len(answered) == len(set(answered)), f"{sid} repeated a completed model call"
+                total += len(answered)
+        finally:
+            reader.close()
+    return total
+
+
+@pytest.mark.slow
+def test_demo_run_then_operator_commands(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    proc = fleetlog("run", "--demo", "30", "--home", str(home), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "30 sessions in" in proc.stdout and "completed" in proc.stdout
+    sessions = json.loads(fleetlog("sessions", "--home", str(home), "--json").stdout)
+    assert len(sessions) == 30
+    for key in (
+        "id",
+        "status",
+        "agent_type",
+        "tenant",
+        "step_count",
+        "token_count",
+        "cost_usd",
+        "error",
+    ):
+        assert key in sessions[0]
+    statuses = {s["status"] for s in sessions}
+    assert "completed" in statuses and "failed" in statuses
+    reviews = json.loads(fleetlog("reviews", "--home", str(home), "--json").stdout)
+    assert reviews, "the demo has approvals"
+    for key in ("session_id", "call_id", "tool", "input", "risk", "reason", "requested_at"):
+        assert key in reviews[0]
+    first = reviews[0]
+    proc = fleetlog(
+        "approve", first["session_id"], first["call_id"], "--home", str(home), "--note", "ok"
+    )
+    assert proc.returncode == 0, proc.stderr
+    again = fleetlog("approve", first["session_id"], first["call_id"], "--home", str(home))
+    assert again.returncode == 1 and "not awaiting review" in again.stderr
+    assert again.stderr.count("\n") == 1
+    # Re-running resumes: the approved email goes out, nothing is started twice.
+    proc = fleetlog("run", "--demo", "30", "--home", str(home), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 new, 30 resumed" in proc.stderr
+    assert len(list((home / "outbox").glob("*.eml"))) == 1
+    show = fleetlog("show", first["session_id"], "--home", str(home))
+    assert "ReviewDecided" in show.stdout and "SessionCompleted" in show.stdout
+    assert fleetlog("verify", "--home", str(home)).returncode == 0
+    _model_calls_answered_once(home)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_whole_run_then_rerun_completes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = dict(ENV, FLEETLOG_SCRIPTED_LATENCY_MS="120")
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(
+        "\n".join(
+            json.dumps({"id": f"t{i}", "prompt": f"Write a short report about topic {i}"})
+            for i in range(24)
+        )
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fleetlog.cli",
+            "run",
+            str(tasks),
+            "--home",
+            str(home),
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # kill once sessions are mid-flight
+            answered = 0
+            if (home / "log").exists():
+                for reader in open_readers(home / "log"):
+                    answered += reader.head()
+                    reader.close()
+            if answered > 150:
+                break
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and every Ray process it started
+    finally:
+        proc.wait(timeout=60)
+    before = _model_calls_answered_once(home)
+    rerun = fleetlog("run", str(tasks), "--home", str(home), "--no-progress", env=env)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "24 sessions in" in rerun.stdout and "24 completed" in rerun.stdout
+    after = _model_calls_answered_once(home)
+    assert after > before
+    assert fleetlog("verify", "--home", str(home)).returncode == 0
+
+
+def test_bad_tasks_file_is_one_line(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text('{"prompt": "ok"}\n{"promt": "typo"}\n')
+    proc = fleetlog("run", str(tasks), "--home", str(tmp_path / "h"), timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0
+    assert ":2:" in proc.stderr and "promt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "fleetlog.toml"
+    config.write_text("[fleet]\nhostss = 3\n")
+    proc = fleetlog(
+        "run", "--demo", "2", "--home", str(tmp_path / "h"), "--config", str(config), timeout=60
+    )
+    assert proc.returncode == 1
+    assert "hostss" in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_run_needs_tasks(tmp_path: Path) -> None:
+    proc = fleetlog("run", "--home", str(tmp_path / "h"), timeout=60)
+    assert proc.returncode == 2 and "tasks file" in proc.stderr

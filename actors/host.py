@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,7 @@ class HostCore:
         budget: BudgetPort | None = None,
         *,
         lock_wait_s: float = 60.0,
+        model_factory: Callable[[str], ModelClient] | None = None,
     ) -> None:
         self.index = index
         self.hosts = hosts
@@ -122,6 +123,7 @@ class HostCore:
         self.lock_wait_s = lock_wait_s
         self.partitions: dict[int, FileLog] = {}
         self._models: dict[str, ModelClient] = {}
+        self._model_factory = model_factory
         self.deps = RunnerDeps(
             log=_PartitionPort(self),
             model_for=self._model_for,
@@ -185,6 +187,8 @@ class HostCore:
 
     def _model_for(self, name: str) -> ModelClient:
         client = self._models.get(name)
+        if client is None and self._model_factory is not None:
+            client = self._models[name] = self._model_factory(name)
         if client is None:
             if name == "scripted":
                 # A think time for the offline model, so that demos and failure

@@ -71,6 +71,7 @@ class AgentState(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float = 0.0  # the session's first event: total time survives restarts
     last_stop_reason: str = ""
     final_text: str = ""
+    context_chars: int = 0  # JSON size of ``messages``, kept as they change (token estimates)
 
 
 class LoopConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -184,6 +185,14 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
             changes["results"] = {}
         else:
             changes["results"] = results
+    messages = changes.get("messages")
+    if messages is not None:
+        old = state.messages
+        if len(messages) > len(old) and messages[: len(old)] == old:
+            grown = sum(len(json.dumps(m)) + 2 for m in messages[len(old) :])
+            changes["context_chars"] = state.context_chars + grown
+        else:
+            changes["context_chars"] = len(json.dumps(messages))
     return msgspec.structs.replace(state, **changes)
 
 
@@ -208,7 +217,7 @@ def fail(code: str, detail: str, *, limit: float = 0.0, value: float = 0.0) -> E
 
 def estimate_context_tokens(state: AgentState) -> int:
     """~4 characters a token over the conversation: cheap, and only used to trigger compaction."""
-    return len(json.dumps(state.messages)) // 4 + len(state.session.system) // 4
+    return state.context_chars // 4 + len(state.session.system) // 4
 
 
 def _identical_run(signatures: tuple[str, ...], upto: int) -> int:

@@ -410,6 +410,8 @@ def _has(pattern: str, prompt: str) -> bool:
 
 def _scenario(prompt: str) -> str:
     """Which behaviour a task prompt triggers; the first match wins."""
+    if _BENCH_RE.match(prompt):
+        return "bench"
     if _has(r"\bloop\b", prompt):
         return "loop"
     if _has(r"\blong\b", prompt):
@@ -568,9 +570,19 @@ def _tool_use_id(request: ModelRequest) -> str:
     return "toolu_01" + _base62(digest, 22)
 
 
+_BENCH_RE = re.compile(r"benchmark: (\d+) steps")
+
+
 def _decide(prompt: str, history: list[_Turn]) -> _Action:
     scenario = _scenario(prompt)
     step = len(history)
+    if scenario == "bench":
+        # The benchmark workload: one cheap tool call per step, then done.
+        match = _BENCH_RE.match(prompt)
+        assert match is not None
+        if step < int(match.group(1)):
+            return _Call("list_dir", {"path": "."}, f"step {step + 1}")
+        return _Final("done")
     if scenario == "loop":
         return _Call("list_dir", {"path": "."}, "Checking the workspace again.")
     if scenario == "long":

@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fleetlog.actors.safety import Policy, redact, vet
-from fleetlog.actors.tools import ToolContext, ToolSpec, run_tool, validate_input
-
 from fleetlog.actors.loop import (
     AgentState,
     CallModel,
@@ -30,11 +27,14 @@ from fleetlog.actors.loop import (
     VetCall,
     Wait,
     decide,
+    estimate_context_tokens,
     evolve_agent,
     fail,
     fold_agent,
 )
-from fleetlog.actors.model import ModelClient, ModelRequest, cost_usd, estimate_tokens
+from fleetlog.actors.model import ModelClient, ModelRequest, cost_usd
+from fleetlog.actors.safety import Policy, redact, vet
+from fleetlog.actors.tools import ToolContext, ToolSpec, run_tool, validate_input
 from fleetlog.events.errors import FleetlogError, ModelError, ToolInputError
 from fleetlog.events.log import AppendResult
 from fleetlog.events.schema import (
@@ -121,12 +121,18 @@ class SessionRunner:
     deps: RunnerDeps
     epoch: int = 0
     state: AgentState = field(init=False)
+    durable: AgentState = field(init=False)  # the state as of the last flushed event
+    pending: list[Event] = field(default_factory=list)
     inbox: list[Command] = field(default_factory=list)
+    _tools_estimate: int = -1
+    _workspace: Path | None = None
 
     # --- load and append -----------------------------------------------------------------
 
     async def load(self) -> AgentState:
         self.state = fold_agent(self.session_id, await self.deps.log.read_stream(self.session_id))
+        self.durable = self.state
+        self.pending = []
         return self.state
 
     async def claim(self) -> AgentState:
@@ -141,31 +147,56 @@ class SessionRunner:
         self.workspace.mkdir(parents=True, exist_ok=True)
         return self.state
 
-    async def commit(self, events: Sequence[Event]) -> AgentState:
+    def stage(self, events: Sequence[Event]) -> None:
+        """Record pure decisions and effect outcomes; they reach the log with the next flush.
+
+        Only what must be durable *before* an effect forces a flush (the
+        request before a model call, the start before a tool call, anything
+        before waiting or ending), so a step costs two appends, not five. What
+        is staged and lost in a crash is recomputed, or the effect it records
+        is bracketed by a durable "before" event and handled as in doubt.
+        """
         state = self.state
-        result = await self.deps.log.append(self.session_id, events, state.session.seq, self.epoch)
         seq = state.session.seq
+        now = self.deps.clock()
         for i, event in enumerate(events):
-            envelope = Envelope(
-                result.first_position + i,
-                self.session_id,
-                seq + 1 + i,
-                result.epoch,
-                result.ts,
-                "",
-                event,
+            state = evolve_agent(
+                state, Envelope(0, self.session_id, seq + 1 + i, self.epoch, now, "", event)
             )
-            state = evolve_agent(state, envelope)
         self.state = state
-        return state
+        self.pending.extend(events)
+
+    async def flush(self) -> AgentState:
+        if not self.pending:
+            return self.state
+        events, self.pending = self.pending, []
+        try:
+            await self.deps.log.append(
+                self.session_id, events, self.durable.session.seq, self.epoch
+            )
+        except BaseException:
+            self.state = self.durable  # the caller reloads; nothing staged survives a failed append
+            raise
+        # The staged fold already holds these events. It differs from a replay
+        # only in timestamps (staging time vs the log's), which no decision reads.
+        self.durable = self.state
+        return self.state
+
+    async def commit(self, events: Sequence[Event]) -> AgentState:
+        self.stage(events)
+        return await self.flush()
 
     @property
     def workspace(self) -> Path:
-        configured = self.state.session.workspace
-        if configured:
-            path = Path(configured)
-            return path if path.is_absolute() else self.deps.home / path
-        return self.deps.home / "workspaces" / self.session_id
+        if self._workspace is None:
+            configured = self.state.session.workspace
+            if configured:
+                path = Path(configured)
+                path = path if path.is_absolute() else self.deps.home / path
+            else:
+                path = self.deps.home / "workspaces" / self.session_id
+            self._workspace = path.resolve()
+        return self._workspace
 
     @property
     def loop_config(self) -> LoopConfig:
@@ -186,17 +217,19 @@ class SessionRunner:
             decision = decide(self.state, self.deps.clock(), self.loop_config)
             match decision:
                 case Finish() | Wait():
-                    return self.state
+                    return await self.flush()
                 case Emit():
                     await self.commit(decision.events)
                 case CallModel():
                     await self._bounded(self._call_model(decision), "model call")
                 case VetCall():
-                    await self.commit(self._vet(decision.call_id))
+                    self.stage(self._vet(decision.call_id))
                 case RunTool():
                     await self._bounded(self._run_tool(decision), "tool call", decision.call_id)
 
     async def _apply_commands(self) -> None:
+        if self.inbox:
+            await self.flush()
         while self.inbox:
             command = self.inbox.pop(0)
             events: list[Event] = []
@@ -248,7 +281,7 @@ class SessionRunner:
             messages=list(self.state.messages),
             tools=tools,
         )
-        estimate = estimate_tokens(request)
+        estimate = estimate_context_tokens(self.state) + self._tools_tokens(tools)
         reserve_usd = (
             estimate * pricing.input_usd_per_mtok
             + RESERVE_OUTPUT_TOKENS * pricing.output_usd_per_mtok
@@ -340,7 +373,13 @@ class SessionRunner:
                         input=json.dumps(block.get("input", {}), sort_keys=True),
                     )
                 )
-        await self.commit(events)
+        # Durable with the next flush: before the first tool runs, or before waiting.
+        self.stage(events)
+
+    def _tools_tokens(self, tools: list[dict[str, Any]]) -> int:
+        if self._tools_estimate < 0:
+            self._tools_estimate = len(json.dumps(tools)) // 4
+        return self._tools_estimate
 
     @staticmethod
     def _redact_block(block: dict[str, Any]) -> dict[str, Any]:
@@ -403,7 +442,7 @@ class SessionRunner:
         outcome = await run_tool(
             spec, kwargs, context, timeout_s=self.state.session.limits.step_timeout_s
         )
-        await self.commit(
+        self.stage(
             [
                 ToolCallCompleted(
                     call_id=decision.call_id,
@@ -413,6 +452,9 @@ class SessionRunner:
                 )
             ]
         )
+        if not spec.idempotent:
+            # Record at once that it ran: a crash now must not leave it in doubt.
+            await self.flush()
 
 
 def internal_error(error: BaseException) -> list[Event]:

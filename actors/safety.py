@@ -44,6 +44,7 @@ import msgspec
 from fleetlog.actors.tools import (
     BUILTIN_TOOLS,
     ToolSpec,
+    _real_dir,
     is_credential_path,
     resolve_in_workspace,
 )
@@ -238,7 +239,7 @@ def _file_subject(tool: str, path: str, workspace: Path) -> _Subject:
     except ToolRefused as err:
         subject.deny = (err.reason, "builtin:workspace")
         return subject
-    canonical = resolved.relative_to(workspace.resolve()).as_posix()
+    canonical = resolved.relative_to(_real_dir(str(workspace))).as_posix()
     subject.spellings.append(canonical)
     unit = _Unit([canonical])
     subject.units.append(unit)

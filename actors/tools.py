@@ -21,6 +21,7 @@ import contextlib
 import email.policy
 import email.utils
 import fnmatch
+import functools
 import importlib
 import inspect
 import os
@@ -314,6 +315,9 @@ def validate_input(spec: ToolSpec, raw: Any) -> dict[str, Any]:
     return {f: getattr(value, f) for f in value.__struct_fields__}
 
 
+_INLINE = frozenset({"read_file", "list_dir"})  # write_file fsyncs: it gets a thread
+
+
 async def run_tool(
     spec: ToolSpec, kwargs: dict[str, Any], ctx: ToolContext, *, timeout_s: float
 ) -> ToolOutcome:
@@ -329,6 +333,10 @@ async def run_tool(
         async with deadline:
             if inspect.iscoroutinefunction(spec.fn):
                 result = await spec.fn(ctx, **kwargs)
+            elif spec.name in _INLINE and BUILTIN_TOOLS.get(spec.name) is spec:
+                # Bounded local reads (1 MiB cap): a thread hop would cost
+                # more than the call itself.
+                result = spec.fn(ctx, **kwargs)
             else:
                 result = await asyncio.to_thread(spec.fn, ctx, **kwargs)
     except TimeoutError as err:
@@ -434,11 +442,42 @@ def resolve_in_workspace(workspace: Path, path: str, *, tool: str) -> Path:
         raise ToolRefused(tool, f"{_show(path)} is not relative to the workspace")
     if os.path.normpath(text).split(os.sep)[0] == os.pardir:
         raise ToolRefused(tool, f"{_show(path)} is outside the workspace")
-    root = workspace.resolve()
-    resolved = (root / text).resolve()
+    root = _real_dir(str(workspace))
+    resolved = Path(_realpath_under(root, text))
     if not resolved.is_relative_to(root):
         raise ToolRefused(tool, f"{_show(path)} resolves outside the workspace (symlink)")
     return resolved
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_dir(workspace: str) -> str:
+    # A session's workspace is made by the runtime and does not move; resolving
+    # it once per process saves a dozen lstat calls on every file tool call.
+    return os.path.realpath(workspace)
+
+
+def _realpath_under(root: str, relative: str) -> str:
+    """``realpath(root/relative)`` for a ``root`` that is already real.
+
+    When no component of ``relative`` is a symlink or ``..``, the answer is the
+    lexical join, found with one lstat per component instead of one per
+    component of the whole path; otherwise fall back to ``os.path.realpath``.
+    """
+    current = root
+    for part in relative.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            return os.path.realpath(os.path.join(root, relative))
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except OSError:
+            # Missing from here on: nothing below can be a symlink yet.
+            return os.path.normpath(os.path.join(root, relative))
+        if stat.S_ISLNK(mode):
+            return os.path.realpath(os.path.join(root, relative))
+    return current
 
 
 def _show(text: str, limit: int = 80) -> str:

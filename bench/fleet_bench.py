@@ -1,0 +1,354 @@
+"""Agent-runtime benchmark: fleetlog's own overhead per durable step, and peers on the same workload.
+
+Workload (the same for every runtime): N concurrent sessions, each K steps; a
+step is one call to a zero-latency scripted model that asks for one tool call,
+then that tool call (a cheap ``list_dir``); every step is durable before the
+next one starts. Peers: DBOS Transact on SQLite and LangGraph with its SQLite
+checkpointer (``bench/peers.py``, installed with ``pip install -e '.[bench]'``).
+
+Figures:
+
+* **overhead per step** (p50, p95): wall time between the starts of consecutive
+  steps of one session, read from the timestamps the log stamped on each
+  ``ModelCallRequested``. The model and the tool cost ~0 here, so this is the
+  runtime's own cost: deciding, vetting, two durable appends (group-committed
+  with whatever else is in flight), folding.
+* **steps/s**: N*K completed steps over the wall time from first submit to last
+  completion.
+* **peak RSS**: fleetlog engine runs in one child process per cell (ru_maxrss);
+  the Ray fleet cell sums the RSS of every process of the local Ray cluster and
+  the driver, sampled every 0.2 s.
+
+Each cell runs in a fresh child process (and fresh directories) ``--repeats``
+times; the median is reported with [min .. max].
+
+    .venv/bin/python -m bench.fleet_bench                 # full table (1/100/1000 sessions)
+    .venv/bin/python -m bench.fleet_bench --quick         # small, for CI smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _bench_tasks(sessions: int, steps: int) -> list[dict[str, Any]]:
+    limits = {
+        "max_steps": steps + 1,
+        "max_identical_calls": steps + 1,
+        "max_tokens": 10**9,
+        "max_cost_usd": 1e9,
+        "total_timeout_s": 3600,
+        "step_timeout_s": 600,
+    }
+    return [
+        {"id": f"bench-{i:05d}", "prompt": f"benchmark: {steps} steps", "limits": limits}
+        for i in range(sessions)
+    ]
+
+
+def _step_gaps(log_root: Path) -> tuple[list[float], int]:
+    from fleetlog.events.partitions import open_readers
+    from fleetlog.events.schema import ModelCallRequested
+
+    gaps: list[float] = []
+    steps = 0
+    for reader in open_readers(log_root):
+        try:
+            for sid in reader.session_ids():
+                starts = [
+                    e.ts
+                    for e in reader.read_stream(sid, resolve_blobs=False)
+                    if isinstance(e.event, ModelCallRequested)
+                ]
+                steps += max(len(starts) - 1, 0)
+                gaps.extend(b - a for a, b in zip(starts, starts[1:], strict=False))
+        finally:
+            reader.close()
+    return gaps, steps
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- child: the engine in one process ---------------------------------------------------------
+
+
+class BenchModel:
+    """Zero-latency, near-zero-CPU model: ``steps`` tool calls, then a final answer.
+
+    The peers' "model" is a plain function too; using the richer ScriptedModel
+    here would charge its conversation hashing to fleetlog's overhead.
+    """
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    async def complete(self, request: Any, *, timeout_s: float, on_retry: Any = None) -> Any:
+        from fleetlog.actors.model import ModelReply, Usage
+
+        done = (len(request.messages) - 1) // 2  # user, then (assistant, user) per step
+        if done < self.steps:
+            call = {
+                "type": "tool_use",
+                "id": f"toolu_{done:04d}_{id(request) & 0xFFFFFF:06x}",
+                "name": "list_dir",
+                "input": {"path": "."},
+            }
+            return ModelReply(
+                content=[call], stop_reason="tool_use", usage=Usage(10, 10), model="bench"
+            )
+        return ModelReply(
+            content=[{"type": "text", "text": "done"}],
+            stop_reason="end_turn",
+            usage=Usage(10, 5),
+            model="bench",
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _engine(sessions: int, steps: int, home: Path) -> dict[str, float]:
+    from fleetlog.actors.fleet import session_event
+    from fleetlog.actors.host import HostCore
+    from fleetlog.config import Config, parse_task, session_id_for
+
+    config = Config()
+    model = BenchModel(steps)
+    host = HostCore(0, 1, home, config, model_factory=lambda _name: model)
+    await host.start()
+    tasks = [parse_task(t) for t in _bench_tasks(sessions, steps)]
+    started = time.perf_counter()
+    for task in tasks:
+        assert task.id is not None
+        sid = session_id_for(task.id)
+        await host.create(sid, session_event(config, task, sid))
+    while True:
+        rows = host.statuses()
+        if len(rows) == sessions and all(r["status"] in ("completed", "failed") for r in rows):
+            break
+        await asyncio.sleep(0.005)
+    wall = time.perf_counter() - started
+    failed = [r for r in rows if r["status"] != "completed"]
+    host.close()
+    if failed:
+        raise SystemExit(f"{len(failed)} bench sessions failed: {failed[0]['error']}")
+    gaps, counted = _step_gaps(home / "log")
+    return {
+        "steps_per_s": sessions * steps / wall,
+        "p50_step_ms": _pct(gaps, 0.5) * 1000,
+        "p95_step_ms": _pct(gaps, 0.95) * 1000,
+        "wall_s": wall,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "steps_counted": counted,
+    }
+
+
+def _fleet(sessions: int, steps: int, home: Path, hosts: int) -> dict[str, float]:
+    import logging
+    import threading
+
+    import psutil
+    import ray
+
+    from fleetlog.actors.fleet import Fleet
+    from fleetlog.config import Config, parse_task, session_id_for
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    peak = 0.0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        me = psutil.Process()
+        while not stop.is_set():
+            total = 0
+            procs = [me, *me.children(recursive=True)]
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak = max(peak, total / 2**20)
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    config = Config()
+    fleet = Fleet.start(home, config, hosts=hosts)
+    tasks = [parse_task(t) for t in _bench_tasks(sessions, steps)]
+    keyed = [(t, session_id_for(t.id or "")) for t in tasks]
+    started = time.perf_counter()
+    fleet.submit_many(keyed)
+    rows = fleet.wait_settled({sid for _, sid in keyed}, timeout=1800, poll=0.1)
+    wall = time.perf_counter() - started
+    fleet.shutdown()
+    stop.set()
+    sampler.join()
+    ray.shutdown()
+    failed = [r for r in rows if r["status"] != "completed"]
+    if failed:
+        raise SystemExit(f"{len(failed)} bench sessions failed: {failed[0]['error']}")
+    gaps, _ = _step_gaps(home / "log")
+    return {
+        "steps_per_s": sessions * steps / wall,
+        "p50_step_ms": _pct(gaps, 0.5) * 1000,
+        "p95_step_ms": _pct(gaps, 0.95) * 1000,
+        "wall_s": wall,
+        "peak_rss_mb": peak,
+    }
+
+
+def _child(argv: list[str]) -> None:
+    kind, sessions, steps, workdir = argv[0], int(argv[1]), int(argv[2]), Path(argv[3])
+    if kind == "engine":
+        result = asyncio.run(_engine(sessions, steps, workdir))
+    else:
+        result = _fleet(sessions, steps, workdir, hosts=int(kind.split(":")[1]))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+# --- parent: cells, repeats, table ------------------------------------------------------------
+
+
+def _run_cell(kind: str, sessions: int, steps: int, parent: Path) -> dict[str, float] | str:
+    workdir = Path(tempfile.mkdtemp(prefix=f"{kind.replace(':', '')}-{sessions}-", dir=parent))
+    if kind in ("dbos", "langgraph"):
+        from bench import peers
+
+        runner = peers.run_dbos if kind == "dbos" else peers.run_langgraph
+        try:
+            return runner(sessions, steps, workdir)
+        except Exception as e:
+            return f"failed: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.fleet_bench", "--child", kind, str(sessions), str(steps), str(workdir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:120]}"
+    result: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list and args_list[0] == "--child":
+        _child(args_list[1:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", default="1,100,1000", help="comma-separated session counts")
+    parser.add_argument("--steps", type=int, default=10, help="steps per session")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peers", default="dbos,langgraph", help="peers to run ('' for none)")
+    parser.add_argument("--fleet-hosts", type=int, default=2, help="hosts for the Ray fleet cell")
+    parser.add_argument("--quick", action="store_true", help="1 and 20 sessions, 1 repeat")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--dir", default=str(ROOT / "bench" / "out"))
+    args = parser.parse_args(args_list)
+    counts = [int(c) for c in args.sessions.split(",")]
+    repeats = args.repeats
+    peers = [p for p in args.peers.split(",") if p]
+    if args.quick:
+        counts, repeats, peers = [1, 20], 1, []
+    parent = Path(args.dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    kinds = ["engine", *peers]
+    results: dict[str, dict[int, list[dict[str, float] | str]]] = {k: {} for k in kinds}
+    fleet_kind = f"fleet:{args.fleet_hosts}"
+    results[fleet_kind] = {}
+    with tempfile.TemporaryDirectory(dir=parent) as scratch:
+        for r in range(repeats):
+            for n in counts:
+                for kind in kinds:
+                    print(f"repeat {r + 1}/{repeats}: {kind}, {n} sessions", file=sys.stderr)
+                    results[kind].setdefault(n, []).append(
+                        _run_cell(kind, n, args.steps, Path(scratch))
+                    )
+        big = max(counts)
+        print(f"{fleet_kind}, {big} sessions (RSS of the whole Ray fleet)", file=sys.stderr)
+        results[fleet_kind][big] = [_run_cell(fleet_kind, big, args.steps, Path(scratch))]
+    table = _summarise(results)
+    if args.json:
+        print(json.dumps(table))
+    else:
+        _print(table, args.steps, repeats)
+    return 0
+
+
+def _summarise(
+    results: dict[str, dict[int, list[dict[str, float] | str]]],
+) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for kind, by_n in results.items():
+        for n, runs in by_n.items():
+            ok = [r for r in runs if isinstance(r, dict)]
+            key = f"{kind}/{n}"
+            if not ok:
+                table[key] = {"error": runs[0]}
+                continue
+            row: dict[str, Any] = {}
+            for metric in ("steps_per_s", "p50_step_ms", "p95_step_ms", "peak_rss_mb"):
+                values = [r[metric] for r in ok]
+                row[metric] = statistics.median(values)
+                row[metric + "_range"] = (min(values), max(values))
+            table[key] = row
+    return table
+
+
+def _print(table: dict[str, dict[str, Any]], steps: int, repeats: int) -> None:
+    print(f"agent runtime benchmark: {steps} steps/session, 1 tool call/step, zero-latency model")
+    print(f"median of {repeats} run(s) in fresh processes; [min .. max]; nproc {os.cpu_count()}")
+    print()
+    print(f"{'runtime/sessions':<22} {'steps/s':>22} {'p50 ms':>8} {'p95 ms':>8} {'peak RSS MB':>12}")
+    for key, row in table.items():
+        if "error" in row:
+            print(f"{key:<22} {row['error']}")
+            continue
+        lo, hi = row["steps_per_s_range"]
+        rate = f"{row['steps_per_s']:,.0f} [{lo:,.0f}..{hi:,.0f}]"
+        print(
+            f"{key:<22} {rate:>22} {row['p50_step_ms']:>8.2f} {row['p95_step_ms']:>8.2f} "
+            f"{row['peak_rss_mb']:>12.0f}"
+        )
+    fleet100 = table.get("engine/100", {})
+    peer_rates = [
+        table[k]["steps_per_s"]
+        for k in ("dbos/100", "langgraph/100")
+        if k in table and "steps_per_s" in table[k]
+    ]
+    if fleet100.get("steps_per_s") and peer_rates:
+        best = max(peer_rates)
+        print()
+        print(
+            f"steps/s at 100 sessions: fleetlog {fleet100['steps_per_s']:,.0f} vs faster peer "
+            f"{best:,.0f} -> {fleet100['steps_per_s'] / best:.1f}x (goal >= 5x)"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -263,12 +263,13 @@ class Fleet:
             home, config, namespace, {"ledger": None, "hosts": hosts, "dispatcher": dispatcher}
         )
 
-    def write_fleet_file(self, address: str) -> None:
+    def write_fleet_file(self, address: str, *, started_ray: bool = False) -> None:
         info = {
             "address": address,
             "namespace": self.namespace,
             "pid": os.getpid(),
             "hosts": len(self.hosts),
+            "started_ray": started_ray,
         }
         (self.home / FLEET_FILE).write_text(json.dumps(info))
 

@@ -106,6 +106,9 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
         return self.status in TERMINAL
 
     def awaiting_review(self) -> list[ToolCallState]:
+        """Calls a human can still decide: none once the session has ended."""
+        if self.terminal:
+            return []
         return [c for c in self.tool_calls.values() if c.status == "awaiting_review"]
 
 

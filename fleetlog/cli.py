@@ -24,6 +24,7 @@ from fleetlog.config import (
     derived_task_id,
     load_config,
     load_tasks,
+    new_task_id,
     parse_task,
     session_id_for,
 )
@@ -270,6 +271,140 @@ def _summary(rows: list[dict[str, Any]], elapsed: float, *, settled: frozenset[s
     unsettled = [r for r in rows if r["status"] not in settled]
     if unsettled:
         _out(f"{len(unsettled)} session(s) still running: re-run to resume them")
+
+
+# --- a long-running fleet: up / down / submit ----------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _fleet_info(home: Path) -> dict[str, Any]:
+    path = home / "fleet.json"
+    if not path.exists():
+        raise FleetlogError(f"no fleet is up for {home} (start one with `fleetlog up`)")
+    info: dict[str, Any] = json.loads(path.read_text())
+    return info
+
+
+def _ray_auth(home: Path, *, create: bool = False) -> None:
+    """Keep Ray's token auth on for a long-running fleet: one random token per fleet home.
+
+    The token lives in ``HOME/ray_auth_token`` (mode 0600); every fleetlog
+    command that talks to this fleet points Ray at it. RAY_AUTH_MODE=disabled
+    in the environment (loopback test clusters only) is respected, never set.
+    """
+    if os.environ.get("RAY_AUTH_MODE") == "disabled":
+        return
+    token = home / "ray_auth_token"
+    if create and not token.exists():
+        import secrets
+
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    if token.exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from fleetlog.actors.fleet import Fleet, namespace_for
+
+    home = _home(args).resolve()
+    config = _config(args)
+    if (home / "fleet.json").exists():
+        raise FleetlogError(f"a fleet is already up for {home} (`fleetlog down` first)")
+    hosts = args.hosts or config.fleet.hosts
+    started_ray = False
+    address = args.address
+    if not address:
+        port = _free_port()
+        ray_cli = Path(sys.executable).with_name("ray")
+        proc = subprocess.run(
+            [
+                str(ray_cli),
+                "start",
+                "--head",
+                f"--port={port}",
+                "--node-ip-address=127.0.0.1",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:]
+            raise FleetlogError(f"could not start Ray: {last[0] if last else proc.returncode}")
+        address = f"127.0.0.1:{port}"
+        started_ray = True
+    with _ray(address, namespace_for(home)):
+        fleet = Fleet.start(home, config, hosts=hosts, detached=True)
+        fleet.write_fleet_file(address, started_ray=started_ray)
+    _out(f"fleet up: {hosts} host(s) on Ray at {address}; home {home}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from fleetlog.actors.fleet import Fleet
+
+    home = _home(args).resolve()
+    info = _fleet_info(home)
+    try:
+        with _ray(info["address"], info["namespace"]):
+            Fleet.join(home, _config(args)).shutdown()
+    except FleetlogError:
+        raise
+    except Exception as e:  # Ray is already gone: nothing left to stop but the record
+        _err(f"fleetlog: the fleet did not answer ({type(e).__name__}); cleaning up")
+        (home / "fleet.json").unlink(missing_ok=True)
+    if info.get("started_ray"):
+        ray_cli = Path(sys.executable).with_name("ray")
+        subprocess.run([str(ray_cli), "stop"], capture_output=True, check=False)
+    _out("fleet down")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from fleetlog.actors.fleet import SETTLED, Fleet
+
+    home = _home(args).resolve()
+    info = _fleet_info(home)
+    raw: dict[str, object] = {"prompt": args.prompt, "agent": args.agent, "tenant": args.tenant}
+    if args.id:
+        raw["id"] = args.id
+    task = parse_task(raw, source="submit")
+    task_id = task.id or new_task_id()
+    session_id = session_id_for(task_id)
+    with _ray(info["address"], info["namespace"]):
+        fleet = Fleet.join(home, _config(args))
+        fleet.submit(task, session_id)
+        _out(session_id)
+        if args.wait:
+            while True:
+                rows = [r for r in fleet.statuses() if r["id"] == session_id]
+                if rows and rows[0]["status"] in SETTLED:
+                    row = rows[0]
+                    _err(
+                        f"{session_id}: {row['status']} after {row['step_count']} steps"
+                        + (f" ({row['error']})" if row["error"] else "")
+                    )
+                    return 0 if row["status"] != "failed" else 1
+                time.sleep(0.2)
+    return 0
 
 
 # --- reading commands ----------------------------------------------------------------------
@@ -542,6 +677,19 @@ def _parser() -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="plain progress lines, no live display"
     )
 
+    up = add("up", cmd_up, "start a long-running local fleet (Ray head + detached actors)")
+    up.add_argument("--hosts", type=int, help="SessionHost actors (default [fleet] hosts)")
+    up.add_argument("--address", help="use this running Ray cluster instead of starting one")
+    add("down", cmd_down, "stop the long-running fleet")
+    submit = add(
+        "submit", cmd_submit, "submit one task to the running fleet; prints the session id"
+    )
+    submit.add_argument("prompt")
+    submit.add_argument("--agent", default="default")
+    submit.add_argument("--tenant", default="default")
+    submit.add_argument("--id", help="task id (a task id maps to one session forever)")
+    submit.add_argument("--wait", action="store_true", help="wait until the session settles")
+
     sessions = add("sessions", cmd_sessions, "list sessions")
     sessions.add_argument(
         "--status",
@@ -586,6 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        # Before Ray is imported anywhere: it reads its auth settings at import.
+        _ray_auth(_home(args).resolve(), create=args.command == "up")
         return func(args)
     except UsageError as e:
         print(f"fleetlog: {e}", file=sys.stderr)

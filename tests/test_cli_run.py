@@ -166,3 +166,41 @@ def test_bad_config_is_one_line(tmp_path: Path) -> None:
 def test_run_needs_tasks(tmp_path: Path) -> None:
     proc = fleetlog("run", "--home", str(tmp_path / "h"), timeout=60)
     assert proc.returncode == 2 and "tasks file" in proc.stderr
+
+
+@pytest.mark.slow
+def test_up_submit_approve_down(tmp_path: Path) -> None:
+    """A long-running fleet, with Ray's token auth on (a fresh token per fleet home)."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    try:
+        up = fleetlog("up", "--home", str(home), "--hosts", "2", env=env)
+        assert up.returncode == 0, up.stderr[-2000:]
+        assert (home / "ray_auth_token").stat().st_mode & 0o777 == 0o600
+        again = fleetlog("up", "--home", str(home), env=env, timeout=60)
+        assert again.returncode == 1 and "already up" in again.stderr
+        done = fleetlog("submit", "Write a short report", "--home", str(home), "--wait", env=env)
+        assert done.returncode == 0, done.stderr
+        assert "completed" in done.stderr
+        sid = fleetlog(
+            "submit",
+            "Email the notes to ops@example.com",
+            "--id",
+            "e1",
+            "--home",
+            str(home),
+            "--wait",
+            env=env,
+        )
+        assert sid.stdout.strip() == "s-e1" and "awaiting_review" in sid.stderr
+        review = json.loads(fleetlog("reviews", "--home", str(home), "--json", env=env).stdout)[0]
+        approved = fleetlog("approve", "s-e1", review["call_id"], "--home", str(home), env=env)
+        assert approved.returncode == 0 and "sent to the running fleet" in approved.stdout
+        deadline = time.monotonic() + 60
+        while not list((home / "outbox").glob("*.eml")):
+            assert time.monotonic() < deadline, "the approved email never went out"
+            time.sleep(0.1)
+    finally:
+        down = fleetlog("down", "--home", str(home), env=env)
+    assert down.returncode == 0, down.stderr
+    assert not (home / "fleet.json").exists()

@@ -62,6 +62,7 @@ def session_summary(runner: SessionRunner) -> dict[str, Any]:
         "cost_usd": round(s.cost_usd, 6),
         "error": s.error,
         "restarts": s.restarts,
+        "refused_calls": sum(1 for c in s.tool_calls.values() if c.status == "denied"),
         "reviews": [
             {"call_id": c.call_id, "tool": c.tool, "reason": c.reason, "in_doubt": c.in_doubt}
             for c in s.awaiting_review()

@@ -254,6 +254,9 @@ def _summary(rows: list[dict[str, Any]], elapsed: float, *, settled: frozenset[s
     errors = Counter(r["error"].split(":", 1)[0] for r in rows if r["error"])
     if errors:
         _out("failures: " + ", ".join(f"{code} {n}" for code, n in errors.most_common()))
+    refused = sum(r.get("refused_calls", 0) for r in rows)
+    if refused:
+        _out(f"refused tool calls: {refused} (invalid input, unknown tool, policy or safety)")
     reviews = [(r["id"], c) for r in rows for c in r.get("reviews", [])]
     if reviews:
         _out(

@@ -132,7 +132,7 @@ class _HostActor:
         return self.core.statuses()
 
     async def close(self) -> None:
-        self.core.close()
+        await self.core.aclose()
 
 
 class _Dispatcher:

@@ -50,7 +50,8 @@ def host_for(session_id: str, hosts: int) -> int:
 
 
 def session_summary(runner: SessionRunner) -> dict[str, Any]:
-    s = runner.state.session
+    # Durable state only: what is staged may still be lost in a crash (SPEC §9).
+    s = runner.durable.session
     return {
         "id": s.session_id,
         "task_id": s.task_id,
@@ -178,11 +179,18 @@ class HostCore:
         return self.partitions[host_for(session_id, self.hosts)]
 
     def close(self) -> None:
+        """Stop the sessions and release the partitions (their locks). See ``aclose``."""
         for task in self.tasks.values():
             task.cancel()
         for log in self.partitions.values():
             log.close()
         self.partitions.clear()
+
+    async def aclose(self) -> None:
+        """``close``, and the model clients' connections with it."""
+        self.close()
+        await asyncio.gather(*(m.aclose() for m in self._models.values()), return_exceptions=True)
+        self._models.clear()
 
     # --- models ------------------------------------------------------------------------
 
@@ -302,4 +310,4 @@ class HostCore:
         return True
 
     def statuses(self) -> list[dict[str, Any]]:
-        return [session_summary(r) for r in self.runners.values() if hasattr(r, "state")]
+        return [session_summary(r) for r in self.runners.values() if hasattr(r, "durable")]

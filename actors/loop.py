@@ -162,12 +162,14 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
             text = f"denied by reviewer {event.reviewer or ''}".rstrip() + note
             result = event.call_id, _tool_result(event.call_id, text, is_error=True)
         case ContextCompacted():
-            task = state.messages[0]
+            task = state.messages[0]["content"]
+            if isinstance(task, list):  # compacted before: its first block is the task
+                task = task[0]["text"]
             summary = _text(event.summary)
             head: Message = {
                 "role": "user",
                 "content": [
-                    {"type": "text", "text": _text(task["content"])},
+                    {"type": "text", "text": _text(task)},
                     {"type": "text", "text": f"[Earlier steps, compacted]\n{summary}"},
                 ],
             }

@@ -251,22 +251,37 @@ class SessionRunner:
                 ]
                 if command.end_session and not approved:
                     events.append(
-                        SessionFailed(error=f"DENIED_BY_REVIEWER: {command.note or call.tool}")
+                        SessionFailed(error=denial_error(call.in_doubt, command.note or call.tool))
                     )
             if not self.state.session.terminal:
                 await self.commit(events)
 
     async def _bounded(self, effect: Any, what: str, call_id: str = "") -> None:
-        limit = self.state.session.limits.step_timeout_s
+        """Run an effect under the step timeout, and under what is left of the total time."""
+        limits = self.state.session.limits
+        started_at = self.state.started_at or self.deps.clock()
+        left = limits.total_timeout_s - (self.deps.clock() - started_at)
+        step = limits.step_timeout_s
         try:
-            await asyncio.wait_for(effect, timeout=limit)
+            await asyncio.wait_for(effect, timeout=max(min(step, left), 0.0))
         except TimeoutError:
             events: list[Event] = []
             if call_id:
-                events.append(ToolCallFailed(call_id=call_id, error=f"timed out after {limit:g}s"))
-            timeout = fail(
-                "STEP_TIMEOUT", f"{what} took longer than {limit:g}s", limit=limit, value=limit
-            )
+                events.append(
+                    ToolCallFailed(call_id=call_id, error=f"timed out after {min(step, left):g}s")
+                )
+            if left < step:
+                spent = self.deps.clock() - started_at
+                timeout = fail(
+                    "TOTAL_TIMEOUT",
+                    f"session ran {spent:.1f}s (limit {limits.total_timeout_s:g}s)",
+                    limit=limits.total_timeout_s,
+                    value=spent,
+                )
+            else:
+                timeout = fail(
+                    "STEP_TIMEOUT", f"{what} took longer than {step:g}s", limit=step, value=step
+                )
             await self.commit(events + timeout.events)
 
     # --- effects ---------------------------------------------------------------------------
@@ -324,9 +339,15 @@ class SessionRunner:
             reply = await self.deps.model_for(session.model).complete(
                 request, timeout_s=session.limits.step_timeout_s, on_retry=on_retry
             )
-        except ModelError as e:
-            if budget is not None:  # release the reservation: nothing was spent
-                await budget.settle(session.tenant, reserve_usd, reserve_tokens, 0.0, 0)
+        except BaseException as e:
+            # Cut off (step/total timeout, cancel) or failed: nothing was spent, so
+            # release the reservation; otherwise the tenant's budget shrinks for good.
+            if budget is not None:
+                await asyncio.shield(
+                    budget.settle(session.tenant, reserve_usd, reserve_tokens, 0.0, 0)
+                )
+            if not isinstance(e, ModelError):
+                raise
             await self.commit(
                 [
                     ModelCallFailed(
@@ -455,6 +476,12 @@ class SessionRunner:
         if not spec.idempotent:
             # Record at once that it ran: a crash now must not leave it in doubt.
             await self.flush()
+
+
+def denial_error(in_doubt: bool, detail: str) -> str:
+    """The failure a reviewer's "deny and end" records (SPEC §3)."""
+    code = "TOOL_IN_DOUBT_REJECTED" if in_doubt else "DENIED_BY_REVIEWER"
+    return f"{code}: {detail}"
 
 
 def internal_error(error: BaseException) -> list[Event]:

@@ -82,6 +82,34 @@ def _step_gaps(log_root: Path) -> tuple[list[float], int]:
     return gaps, steps
 
 
+def _tree_rss_mb(root: int) -> float:
+    """RSS of ``root`` and all its descendants (the local Ray cluster is the driver's)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        for line in status.splitlines():
+            if line.startswith("PPid:"):
+                parents[pid] = int(line.split()[1])
+            elif line.startswith("VmRSS:"):
+                rss[pid] = int(line.split()[1])
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(rss.get(pid, 0) for pid in tree) / 1024
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -167,7 +195,6 @@ def _fleet(sessions: int, steps: int, home: Path, hosts: int) -> dict[str, float
     import logging
     import threading
 
-    import psutil
     import ray
 
     from fleetlog.actors.fleet import Fleet
@@ -180,16 +207,8 @@ def _fleet(sessions: int, steps: int, home: Path, hosts: int) -> dict[str, float
 
     def sample() -> None:
         nonlocal peak
-        me = psutil.Process()
         while not stop.is_set():
-            total = 0
-            procs = [me, *me.children(recursive=True)]
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak = max(peak, total / 2**20)
+            peak = max(peak, _tree_rss_mb(os.getpid()))
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -242,7 +261,16 @@ def _run_cell(kind: str, sessions: int, steps: int, parent: Path) -> dict[str, f
         except Exception as e:
             return f"failed: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.fleet_bench", "--child", kind, str(sessions), str(steps), str(workdir)],
+        [
+            sys.executable,
+            "-m",
+            "bench.fleet_bench",
+            "--child",
+            kind,
+            str(sessions),
+            str(steps),
+            str(workdir),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -324,7 +352,9 @@ def _print(table: dict[str, dict[str, Any]], steps: int, repeats: int) -> None:
     print(f"agent runtime benchmark: {steps} steps/session, 1 tool call/step, zero-latency model")
     print(f"median of {repeats} run(s) in fresh processes; [min .. max]; nproc {os.cpu_count()}")
     print()
-    print(f"{'runtime/sessions':<22} {'steps/s':>22} {'p50 ms':>8} {'p95 ms':>8} {'peak RSS MB':>12}")
+    print(
+        f"{'runtime/sessions':<22} {'steps/s':>22} {'p50 ms':>8} {'p95 ms':>8} {'peak RSS MB':>12}"
+    )
     for key, row in table.items():
         if "error" in row:
             print(f"{key:<22} {row['error']}")

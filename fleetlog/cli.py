@@ -8,8 +8,10 @@ those are reduced to one line unless ``FLEETLOG_DEBUG`` is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -288,6 +290,41 @@ def _free_port() -> int:
         return port
 
 
+def _ray_temp_dir(home: Path) -> Path:
+    # Ray keeps unix sockets here: the path must stay short (AF_UNIX limit), and
+    # one per fleet home lets `down` stop exactly this fleet's Ray, not every Ray.
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha1(str(home).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"fleetlog-ray-{digest}"
+
+
+def _stop_ray_started_for(home: Path) -> int:
+    """Terminate the Ray processes `fleetlog up` started for this home; return how many."""
+    import signal
+
+    marker = str(_ray_temp_dir(home)).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    alive = pids
+    deadline = time.monotonic() + 10
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if Path(f"/proc/{p}").exists()]
+        time.sleep(0.1)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
 def _fleet_info(home: Path) -> dict[str, Any]:
     path = home / "fleet.json"
     if not path.exists():
@@ -342,6 +379,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "--node-ip-address=127.0.0.1",
                 "--include-dashboard=false",
                 "--disable-usage-stats",
+                f"--temp-dir={_ray_temp_dir(home)}",
             ],
             capture_output=True,
             text=True,
@@ -360,8 +398,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    import subprocess
-
     from fleetlog.actors.fleet import Fleet
 
     home = _home(args).resolve()
@@ -375,8 +411,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         _err(f"fleetlog: the fleet did not answer ({type(e).__name__}); cleaning up")
         (home / "fleet.json").unlink(missing_ok=True)
     if info.get("started_ray"):
-        ray_cli = Path(sys.executable).with_name("ray")
-        subprocess.run([str(ray_cli), "stop"], capture_output=True, check=False)
+        _stop_ray_started_for(home)
+        shutil.rmtree(_ray_temp_dir(home), ignore_errors=True)
     _out("fleet down")
     return 0
 
@@ -553,6 +589,8 @@ def _route_to_fleet(home: Path, args: argparse.Namespace, command: Any) -> bool:
 
 
 def _append_offline(home: Path, session_id: str, command: Any) -> None:
+    from fleetlog.actors.runner import denial_error
+
     for path in partition_dirs(home / "log"):
         try:
             log = FileLog.open(path)
@@ -590,7 +628,7 @@ def _append_offline(home: Path, session_id: str, command: Any) -> None:
                 ]
                 if command.end_session and not approved:
                     events.append(
-                        SessionFailed(error=f"DENIED_BY_REVIEWER: {command.note or call.tool}")
+                        SessionFailed(error=denial_error(call.in_doubt, command.note or call.tool))
                     )
             log.append(session_id, events, last)  # not an owner: never fenced, seq-checked
             return

@@ -1,4 +1,4 @@
-"""Agent-runtime benchmark: fleetlog's own overhead per durable step, and peers on the same workload.
+"""Agent-runtime benchmark: fleetlog's overhead per durable step, and peers on the same work.
 
 Workload (the same for every runtime): N concurrent sessions, each K steps; a
 step is one call to a zero-latency scripted model that asks for one tool call,
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -76,7 +77,7 @@ def _step_gaps(log_root: Path) -> tuple[list[float], int]:
                     if isinstance(e.event, ModelCallRequested)
                 ]
                 steps += max(len(starts) - 1, 0)
-                gaps.extend(b - a for a, b in zip(starts, starts[1:], strict=False))
+                gaps.extend(b - a for a, b in itertools.pairwise(starts))
         finally:
             reader.close()
     return gaps, steps

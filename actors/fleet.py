@@ -115,6 +115,11 @@ class _HostActor:
         await self.core.start()
         return self.core.index
 
+    async def node_id(self) -> str:
+        """The Ray node this host runs on (placement checks, operations)."""
+        node: str = ray.get_runtime_context().get_node_id()
+        return node
+
     async def has(self, session_id: str) -> bool:
         await self.core.start()
         return self.core.has(session_id)

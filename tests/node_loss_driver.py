@@ -34,6 +34,7 @@ def main() -> None:
         head_node_args={"num_cpus": 2, "include_dashboard": False},
     )
     worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
     ray.init(address=cluster.address, logging_level=logging.ERROR, log_to_driver=False)
     config = parse_config(
         '[policy]\nallow = ["send_email", "read_file", "list_dir", "write_file", "run_shell"]\n',
@@ -46,6 +47,16 @@ def main() -> None:
         runtime_env={"env_vars": {"FLEETLOG_SCRIPTED_LATENCY_MS": "200"}},
         host_scheduling=NodeAffinitySchedulingStrategy(worker.node_id, soft=True),
     )
+    # Soft affinity is a preference, not a promise: make sure the node we are about
+    # to lose really holds hosts (restarting one re-runs its placement).
+    for _ in range(20):
+        placed = ray.get([h.node_id.remote() for h in fleet.hosts])
+        if worker.node_id in placed:
+            break
+        ray.kill(fleet.hosts[0], no_restart=False)
+    else:
+        raise SystemExit(f"no host was ever placed on the worker node: {placed}")
+    hosts_on_lost_node = placed.count(worker.node_id)
     tasks = []
     for i in range(12):
         prompt = (
@@ -86,6 +97,7 @@ def main() -> None:
                 "statuses": dict(Counter(r["status"] for r in rows)),
                 "running_before_loss": sum(1 for s in before.values() if s == "running"),
                 "in_doubt_approvals": approvals,
+                "hosts_on_lost_node": hosts_on_lost_node,
                 "nodes_alive": len(nodes_alive),
             }
         )

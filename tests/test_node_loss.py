@@ -35,6 +35,7 @@ def test_node_loss_every_session_completes_no_email_twice(tmp_path: Path) -> Non
     assert report["statuses"] == {"completed": 12}, report
     assert report["running_before_loss"] > 0
     assert report["nodes_alive"] == 1
+    assert report["hosts_on_lost_node"] >= 1
 
     email_calls: set[str] = set()
     reclaimed = 0

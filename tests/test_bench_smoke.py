@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,19 @@ def test_log_bench_runs(tmp_path: Path) -> None:
     figures = json.loads(proc.stdout)
     assert figures
     assert list(tmp_path.iterdir()) == []  # the benchmark cleans up after itself
+
+
+def test_fleet_bench_runs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.fleet_bench", "--quick", "--json", "--dir", str(tmp_path)],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = json.loads(proc.stdout)
+    assert table["engine/20"]["steps_per_s"] > 0
+    assert table["fleet:2/20"]["peak_rss_mb"] > 0

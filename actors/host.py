@@ -53,16 +53,7 @@ def session_summary(runner: SessionRunner) -> dict[str, Any]:
     # Durable state only: what is staged may still be lost in a crash (SPEC §9).
     s = runner.durable.session
     return {
-        "id": s.session_id,
-        "task_id": s.task_id,
-        "status": s.status,
-        "agent_type": s.agent_type,
-        "tenant": s.tenant,
-        "step_count": s.step,
-        "token_count": s.token_count,
-        "cost_usd": round(s.cost_usd, 6),
-        "error": s.error,
-        "restarts": s.restarts,
+        **s.row(),
         "refused_calls": sum(1 for c in s.tool_calls.values() if c.status == "denied"),
         "reviews": [
             {"call_id": c.call_id, "tool": c.tool, "reason": c.reason, "in_doubt": c.in_doubt}

@@ -56,6 +56,7 @@ from fleetlog.events.schema import (
     ToolCallStarted,
     ToolCallVetted,
 )
+from fleetlog.events.state import SessionState
 
 __all__ = ["LogPort", "BudgetPort", "Pricing", "RunnerDeps", "SessionRunner", "Command"]
 
@@ -232,29 +233,11 @@ class SessionRunner:
             await self.flush()
         while self.inbox:
             command = self.inbox.pop(0)
-            events: list[Event] = []
-            if command.kind == "cancel":
-                events = [CancelRequested(by=command.reviewer, note=command.note)]
-            else:
-                call = self.state.session.tool_calls.get(command.call_id)
-                if call is None or call.status != "awaiting_review":
-                    continue  # already decided (or never asked): idempotent
-                approved = command.kind == "approve"
-                events = [
-                    ReviewDecided(
-                        call_id=command.call_id,
-                        approved=approved,
-                        reviewer=command.reviewer,
-                        note=command.note,
-                        end_session=command.end_session and not approved,
-                    )
-                ]
-                if command.end_session and not approved:
-                    events.append(
-                        SessionFailed(error=denial_error(call.in_doubt, command.note or call.tool))
-                    )
-            if not self.state.session.terminal:
-                await self.commit(events)
+            try:
+                events = command_events(self.state.session, command)
+            except FleetlogError:
+                continue  # already decided, ended, or never asked: commands are idempotent
+            await self.commit(events)
 
     async def _bounded(self, effect: Any, what: str, call_id: str = "") -> None:
         """Run an effect under the step timeout, and under what is left of the total time."""
@@ -476,6 +459,34 @@ class SessionRunner:
         if not spec.idempotent:
             # Record at once that it ran: a crash now must not leave it in doubt.
             await self.flush()
+
+
+def command_events(state: SessionState, command: Command) -> list[Event]:
+    """The events an operator's command records; a one-line FleetlogError if it cannot apply."""
+    sid = state.session_id
+    if state.terminal:
+        raise FleetlogError(f"session {sid} is already {state.status}")
+    if command.kind == "cancel":
+        return [CancelRequested(by=command.reviewer, note=command.note)]
+    call = state.tool_calls.get(command.call_id)
+    if call is None:
+        raise FleetlogError(f"session {sid} has no tool call {command.call_id}")
+    if call.status != "awaiting_review":
+        raise FleetlogError(f"tool call {command.call_id} is {call.status}, not awaiting review")
+    approved = command.kind == "approve"
+    ends = command.end_session and not approved
+    events: list[Event] = [
+        ReviewDecided(
+            call_id=command.call_id,
+            approved=approved,
+            reviewer=command.reviewer,
+            note=command.note,
+            end_session=ends,
+        )
+    ]
+    if ends:
+        events.append(SessionFailed(error=denial_error(call.in_doubt, command.note or call.tool)))
+    return events
 
 
 def denial_error(in_doubt: bool, detail: str) -> str:

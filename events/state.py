@@ -105,6 +105,21 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
+    def row(self) -> dict[str, object]:
+        """The session as one row: what `fleetlog sessions --json` and the fleet report."""
+        return {
+            "id": self.session_id,
+            "task_id": self.task_id,
+            "status": self.status,
+            "agent_type": self.agent_type,
+            "tenant": self.tenant,
+            "step_count": self.step,
+            "token_count": self.token_count,
+            "cost_usd": round(self.cost_usd, 6),
+            "error": self.error,
+            "restarts": self.restarts,
+        }
+
     def awaiting_review(self) -> list[ToolCallState]:
         """Calls a human can still decide: none once the session has ended."""
         if self.terminal:

@@ -34,13 +34,9 @@ from fleetlog.events.errors import FleetlogError, LogLockedError, SessionNotFoun
 from fleetlog.events.filelog import FileLog
 from fleetlog.events.partitions import open_readers, partition_dirs
 from fleetlog.events.schema import (
-    CancelRequested,
-    Event,
-    ReviewDecided,
     ReviewRequested,
-    SessionFailed,
 )
-from fleetlog.events.state import TERMINAL, SessionState, fold
+from fleetlog.events.state import SessionState, fold
 from fleetlog.events.verify import verify_log
 
 __all__ = ["main"]
@@ -85,18 +81,7 @@ def _states(home: Path) -> list[SessionState]:
 
 
 def _row(s: SessionState) -> dict[str, Any]:
-    return {
-        "id": s.session_id,
-        "task_id": s.task_id,
-        "status": s.status,
-        "agent_type": s.agent_type,
-        "tenant": s.tenant,
-        "step_count": s.step,
-        "token_count": s.token_count,
-        "cost_usd": round(s.cost_usd, 6),
-        "error": s.error,
-        "restarts": s.restarts,
-    }
+    return s.row()
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -589,7 +574,7 @@ def _route_to_fleet(home: Path, args: argparse.Namespace, command: Any) -> bool:
 
 
 def _append_offline(home: Path, session_id: str, command: Any) -> None:
-    from fleetlog.actors.runner import denial_error
+    from fleetlog.actors.runner import command_events
 
     for path in partition_dirs(home / "log"):
         try:
@@ -603,33 +588,7 @@ def _append_offline(home: Path, session_id: str, command: Any) -> None:
             if last == 0:
                 continue
             state = fold(session_id, log.read_stream(session_id, resolve_blobs=False))
-            events: list[Event]
-            if command.kind == "cancel":
-                if state.status in TERMINAL:
-                    raise FleetlogError(f"session {session_id} is already {state.status}")
-                events = [CancelRequested(by=command.reviewer, note=command.note)]
-            else:
-                call = state.tool_calls.get(command.call_id)
-                if call is None:
-                    raise FleetlogError(f"session {session_id} has no tool call {command.call_id}")
-                if call.status != "awaiting_review":
-                    raise FleetlogError(
-                        f"tool call {command.call_id} is {call.status}, not awaiting review"
-                    )
-                approved = command.kind == "approve"
-                events = [
-                    ReviewDecided(
-                        call_id=command.call_id,
-                        approved=approved,
-                        reviewer=command.reviewer,
-                        note=command.note,
-                        end_session=command.end_session and not approved,
-                    )
-                ]
-                if command.end_session and not approved:
-                    events.append(
-                        SessionFailed(error=denial_error(call.in_doubt, command.note or call.tool))
-                    )
+            events = command_events(state, command)
             log.append(session_id, events, last)  # not an owner: never fenced, seq-checked
             return
         finally:

@@ -13,11 +13,17 @@ Each peer runs in its own natural durable configuration:
   its system database before the step returns, here SQLite
   (``system_database_url="sqlite:///…"``). DBOS leaves SQLite's journal and sync
   modes at their defaults (rollback journal ``DELETE``, ``synchronous=FULL``) and
-  opens ``BEGIN IMMEDIATE`` transactions with a 30 s busy timeout. Variants:
-  ``async`` (async workflow and steps, started with ``DBOS.start_workflow_async``
-  and awaited with ``asyncio.gather``; DBOS runs their database calls on its
-  thread pool) and ``threads`` (sync workflow and steps, started with
-  ``DBOS.start_workflow``, one DBOS executor thread per workflow).
+  opens ``BEGIN IMMEDIATE`` transactions with a 30 s busy timeout; its engine
+  pool holds 20 connections. Variants: ``threads`` (the default: sync workflow
+  and steps, N threads each calling the workflow function, which DBOS runs
+  durably in the calling thread), ``async`` (async workflow and steps, all N
+  started with ``DBOS.start_workflow_async`` under ``asyncio.gather`` and their
+  handles awaited; DBOS runs the database calls on its thread pool) and
+  ``start-loop`` (``DBOS.start_workflow`` called N times from one thread, then
+  the handles awaited: each call waits for the workflow's status row to commit,
+  so sessions are admitted one at a time and few are in flight at once; see
+  ``mean_in_flight``). ``--dbos-journal wal`` puts the file in WAL mode before
+  DBOS opens it, for comparison only: it is not how DBOS ships.
 * **LangGraph** (``langgraph`` 1.2 + ``langgraph-checkpoint-sqlite`` 3.1): a
   ``StateGraph`` with an ``agent`` node (the model call, or END after the last
   step) and a ``tool`` node, ``agent -> tool | END`` and ``tool -> agent``,
@@ -28,20 +34,30 @@ Each peer runs in its own natural durable configuration:
   "durable before the next step"). The saver sets ``journal_mode=WAL`` and
   leaves ``synchronous`` at SQLite's default (``FULL``: the WAL is fsynced on
   every commit). Variants: ``async`` (``AsyncSqliteSaver`` on one aiosqlite
-  connection, sessions as ``ainvoke`` tasks under ``asyncio.gather``) and
-  ``threads`` (``SqliteSaver`` on one ``sqlite3`` connection, sessions as
-  ``invoke`` calls on a thread pool).
+  connection, async nodes, sessions as ``ainvoke`` tasks under
+  ``asyncio.gather``) and ``threads`` (the default: ``SqliteSaver`` on one
+  ``sqlite3`` connection behind its lock, sync nodes, N threads each calling
+  ``invoke``).
 
-Measurements (all inside the child process, after imports and setup):
+Measurements (all inside the child process, after imports, setup and one
+warm-up session of ``steps`` steps that is not measured, so first-call costs
+such as lazy imports stay out of the figures):
 
 * ``wall_s``: from the first session being started to the last one finishing.
 * ``steps_per_s``: ``sessions * steps / wall_s``.
-* ``p50_step_ms`` / ``p95_step_ms``: per-step latency inside a session, the time
-  between consecutive durable step completions; the first interval runs from the
-  moment the session was started. A step is complete when its tool result is
-  durable: for DBOS when the tool step returns (DBOS has committed its output);
-  for LangGraph when the next ``agent`` node starts (with ``durability="sync"``
-  the tool super-step's checkpoint has been awaited by then).
+* ``p50_step_ms`` / ``p95_step_ms`` / ``p99_step_ms``: per-step latency inside a
+  session, the time between consecutive durable step completions (``steps - 1``
+  gaps per session; with ``steps == 1``, the first step's latency). A step is
+  complete when its tool result is durable: for DBOS when the tool step returns
+  (DBOS has committed its output); for LangGraph when the next ``agent`` node
+  starts (with ``durability="sync"`` the tool super-step's checkpoint has been
+  awaited by then).
+* ``p50_first_step_ms`` / ``p95_first_step_ms``: from the session being started
+  to its first durable step (includes the session's own start-up writes and
+  any wait to be admitted).
+* ``mean_in_flight`` / ``peak_in_flight``: sessions between their start and
+  their last step, on average over ``wall_s`` and at most: how concurrent the
+  run really was.
 * ``peak_rss_mb``: the child's peak RSS (``ru_maxrss``); the peers run in-process
   and start no processes of their own.
 * ``sqlite_wal`` (1/0) and ``sqlite_synchronous`` (0 OFF, 1 NORMAL, 2 FULL,
@@ -58,8 +74,9 @@ killed and reported as a :class:`PeerFailed` error.
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.peers dbos 100 10 /tmp/x
-    .venv/bin/python -m bench.peers langgraph 1000 10 /tmp/x --variant threads
+    .venv/bin/python -m bench.peers dbos 100 10 /tmp/x          # default variant: threads
+    .venv/bin/python -m bench.peers dbos 100 10 /tmp/x --variant start-loop
+    .venv/bin/python -m bench.peers langgraph 1000 10 /tmp/x --variant async
     .venv/bin/python -m bench.peers all 100 10 /tmp/x   # both peers, each in a child
 """
 
@@ -91,7 +108,7 @@ PEERS = ("dbos", "langgraph")
 VARIANTS = ("async", "threads", "start-loop")  # start-loop: DBOS only
 # The variant each peer runs unless told otherwise: the one with the higher
 # throughput at N=100 and N=1000 on the 2-core reference machine.
-DEFAULT_VARIANT = {"dbos": "async", "langgraph": "threads"}
+DEFAULT_VARIANT = {"dbos": "threads", "langgraph": "threads"}
 REQUIRED_MODULES = {
     "dbos": ("dbos",),
     "langgraph": ("langgraph", "langgraph.checkpoint.sqlite", "aiosqlite"),
@@ -119,7 +136,8 @@ def require_peer(peer: str) -> None:
         except ModuleNotFoundError:  # a parent package is missing
             found = False
         if not found:
-            raise PeerNotInstalled(f"{peer} is not installed ({module}): {INSTALL_HINT}")
+            what = peer if module == peer else f"{peer} ({module} missing)"
+            raise PeerNotInstalled(f"{what} is not installed: {INSTALL_HINT}")
 
 
 def run_dbos(
@@ -177,6 +195,22 @@ def _run_child(
     _check_variant(peer, variant)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # The child cleans up after itself, but not when it is killed: own the directory here.
+    with tempfile.TemporaryDirectory(
+        prefix=f"{peer}-", dir=workdir, ignore_cleanup_errors=True
+    ) as tmp:
+        return _spawn(peer, sessions, steps, Path(tmp), variant, extra, timeout_s)
+
+
+def _spawn(
+    peer: str,
+    sessions: int,
+    steps: int,
+    workdir: Path,
+    variant: str,
+    extra: list[str],
+    timeout_s: float,
+) -> dict[str, float]:
     cmd = [
         sys.executable,
         "-m",
@@ -364,9 +398,11 @@ def _child_dbos(
         # Not DBOS's default: WAL is a property of the file, so setting it before
         # DBOS opens the file switches every DBOS connection to it. synchronous
         # stays at SQLite's default (FULL: the WAL is fsynced at every commit).
-        with sqlite3.connect(db_path) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.close()
+        wal_conn = sqlite3.connect(db_path)
+        try:
+            wal_conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            wal_conn.close()
     config: DBOSConfig = {
         "name": "fleetlog-peer-bench",
         "system_database_url": f"sqlite:///{db_path}",
@@ -439,8 +475,8 @@ def _child_dbos(
         variant=variant,
         journal_mode=str(mode),
         sqlite_wal=float(str(mode).lower() == "wal"),
-        sqlite_synchronous=float(sync),
-        durable_rows=float(rows),
+        sqlite_synchronous=float(str(sync)),
+        durable_rows=float(str(rows)),
     )
     return out
 
@@ -637,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--variant",
         choices=VARIANTS,
-        help="default: async for dbos, threads for langgraph (the faster); see the docstring",
+        help="default: threads (the faster for both peers); see the docstring",
     )
     parser.add_argument(
         "--lg-durability",

@@ -15,12 +15,11 @@ appends through one writer would cost more per step than the whole budget
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 from .filelog import FileLog
 
-__all__ = ["partition_dirs", "partition_path", "open_readers", "find_session"]
+__all__ = ["partition_dirs", "partition_path", "open_readers"]
 
 
 def partition_path(log_root: Path, index: int) -> Path:
@@ -40,15 +39,3 @@ def partition_dirs(log_root: Path) -> list[Path]:
 
 def open_readers(log_root: Path) -> list[FileLog]:
     return [FileLog.open(p, readonly=True) for p in partition_dirs(log_root)]
-
-
-def find_session(readers: list[FileLog], session_id: str) -> FileLog | None:
-    for reader in readers:
-        if reader.last_seq(session_id) > 0:
-            return reader
-    return None
-
-
-def iter_partitions(log_root: Path) -> Iterator[tuple[int, Path]]:
-    for path in partition_dirs(log_root):
-        yield (int(path.name[1:]) if path.name[1:].isdigit() else 0), path

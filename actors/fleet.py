@@ -203,48 +203,37 @@ class Fleet:
         namespace = namespace_for(home)
         lifetime = "detached" if detached else None
         budgets = {t: Budget(b.max_cost_usd, b.max_tokens) for t, b in config.budgets.items()}
-        ledger: Any = (
-            ray.remote(_LedgerActor)
-            .options(
-                name="fleetlog-ledger",
+
+        def actor(cls: type, name: str, **options: Any) -> Any:
+            # Every fleet actor: named in the home's namespace, restarted by Ray
+            # forever, calls retried across restarts, no CPU reserved.
+            return ray.remote(cls).options(
+                name=name,
                 namespace=namespace,
                 lifetime=lifetime,
                 max_restarts=-1,
                 max_task_retries=-1,
                 num_cpus=0,
+                **options,
             )
-            .remote(budgets, str(home / "log"))
+
+        ledger: Any = (
+            actor(_LedgerActor, "fleetlog-ledger").remote(budgets, str(home / "log"))
             if budgets
             else None
         )
         host_handles: list[Any] = [
-            ray.remote(_HostActor)
-            .options(
-                name=f"fleetlog-host-{i}",
-                namespace=namespace,
-                lifetime=lifetime,
-                max_restarts=-1,
-                max_task_retries=-1,
-                num_cpus=0,
+            actor(
+                _HostActor,
+                f"fleetlog-host-{i}",
                 max_concurrency=100_000,
                 runtime_env=runtime_env,
                 scheduling_strategy=host_scheduling,
-            )
-            .remote(i, hosts, str(home), config, ledger)
+            ).remote(i, hosts, str(home), config, ledger)
             for i in range(hosts)
         ]
-        dispatcher: Any = (
-            ray.remote(_Dispatcher)
-            .options(
-                name="fleetlog-dispatcher",
-                namespace=namespace,
-                lifetime=lifetime,
-                max_restarts=-1,
-                max_task_retries=-1,
-                num_cpus=0,
-                max_concurrency=1000,
-            )
-            .remote(namespace, hosts)
+        dispatcher: Any = actor(_Dispatcher, "fleetlog-dispatcher", max_concurrency=1000).remote(
+            namespace, hosts
         )
         ray.get([h.ping.remote() for h in host_handles])
         return cls(
@@ -281,10 +270,8 @@ class Fleet:
     # --- tasks ---------------------------------------------------------------------------
 
     def submit(self, task: Task, session_id: str) -> bool:
-        created: bool = ray.get(
-            self.dispatcher.submit.remote(session_id, session_event(self.config, task, session_id))
-        )
-        return created
+        """Create (True) or resume (False) one session."""
+        return self.submit_many([(task, session_id)]) == 1
 
     def submit_many(self, tasks: list[tuple[Task, str]]) -> int:
         refs = [

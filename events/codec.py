@@ -37,8 +37,6 @@ __all__ = [
     "FrameMeta",
     "parse_meta",
     "decode_payload",
-    "encode_event",
-    "decode_event",
 ]
 
 HEADER: Final = struct.Struct("<III")
@@ -144,11 +142,3 @@ def _decode_raw_event(raw: msgspec.Raw) -> Event:
             tag = "?"
         return UnknownEvent(type_name=tag, raw=bytes(raw))
     return event
-
-
-def encode_event(event: Event) -> bytes:
-    return _encoder.encode(event)
-
-
-def decode_event(data: bytes) -> Event:
-    return _decode_raw_event(msgspec.Raw(data))

@@ -208,15 +208,13 @@ class ScanResult:
     frames: int = 0
 
 
+def _segment_files(seg_dir: Path) -> list[Path]:
+    """Segment files in position order (names are zero-padded first positions)."""
+    return [p for p in sorted(seg_dir.glob("*.seg")) if p.stem.isdigit()]
+
+
 def _list_segments(seg_dir: Path) -> list[_Segment]:
-    segments: list[_Segment] = []
-    for path in sorted(seg_dir.glob("*.seg")):
-        try:
-            base = int(path.stem)
-        except ValueError:
-            continue
-        segments.append(_Segment(len(segments), base, path))
-    return segments
+    return [_Segment(i, int(p.stem), p) for i, p in enumerate(_segment_files(seg_dir))]
 
 
 def _scan_segment(
@@ -933,8 +931,8 @@ class FileLog:
             # Only the last known segment can have grown; any newer ones are new.
             first = max(len(self._segments) - 1, 0)
             known = {seg.path.name for seg in self._segments}
-            for path in sorted((self.path / "segments").glob("*.seg")):
-                if path.name not in known and path.stem.isdigit():
+            for path in _segment_files(self.path / "segments"):
+                if path.name not in known:
                     self._segments.append(_Segment(len(self._segments), int(path.stem), path))
             result = ScanResult(self._segments, self._streams, self._next_position, [])
             position = self._next_position

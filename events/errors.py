@@ -24,6 +24,8 @@ __all__ = [
     "ToolRefused",
     "ModelError",
     "SessionNotFound",
+    "ProjectionError",
+    "QueryError",
 ]
 
 from dataclasses import dataclass
@@ -191,3 +193,11 @@ class SessionNotFound(FleetlogError):
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         super().__init__(f"no session {session_id!r}")
+
+
+class ProjectionError(FleetlogError):
+    """The DuckDB projections could not be opened, caught up or rebuilt."""
+
+
+class QueryError(ProjectionError):
+    """A user's SQL was refused (not read-only) or failed; ``str()`` is DuckDB's first line."""

@@ -59,7 +59,16 @@ from .errors import (
 from .log import AppendResult
 from .schema import EVENT_TYPES, BlobRef, Envelope, Event, UnknownEvent
 
-__all__ = ["FileLog", "DEFAULT_SEGMENT_BYTES", "scan_log", "ScanResult"]
+__all__ = [
+    "FileLog",
+    "DEFAULT_SEGMENT_BYTES",
+    "scan_log",
+    "ScanResult",
+    "FRAME_OK",
+    "FRAME_TORN",
+    "iter_frames",
+    "segment_files",
+]
 
 _APPENDABLE: Final = frozenset(t for t in EVENT_TYPES if t is not UnknownEvent)
 _WITH_BLOB_FIELDS: Final = frozenset(t for t in _APPENDABLE if t.blob_fields)
@@ -72,6 +81,9 @@ _READ_CHUNK: Final = 1 << 20
 
 # Frame scan outcomes.
 _OK, _BAD_CRC, _TORN, _BAD_HEADER = range(4)
+#: For sequential readers (``events.tail``): a whole frame, and a frame cut short at the end.
+FRAME_OK: Final = _OK
+FRAME_TORN: Final = _TORN
 
 
 def _fsync_dir(path: Path) -> None:
@@ -211,6 +223,10 @@ class ScanResult:
 def _segment_files(seg_dir: Path) -> list[Path]:
     """Segment files in position order (names are zero-padded first positions)."""
     return [p for p in sorted(seg_dir.glob("*.seg")) if p.stem.isdigit()]
+
+
+iter_frames = _iter_frames
+segment_files = _segment_files
 
 
 def _list_segments(seg_dir: Path) -> list[_Segment]:

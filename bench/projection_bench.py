@@ -1,0 +1,195 @@
+"""Projection benchmark (issue 4): rebuild throughput, catch-up lag, metrics query time.
+
+    python -m bench.projection_bench                  # 10M events, 10k sessions (the goal)
+    python -m bench.projection_bench --events 200000  # a quick look
+
+1. generate a fleet's log: ``--sessions`` sessions (1,000 in flight at a time,
+   as a fleet runs them) over two partitions, until ``--events`` events;
+   the log is kept in ``--dir`` and reused by later runs with the same size;
+2. full rebuild (``Projector.rebuild``, a process pool decoding segments):
+   events/s, median of ``--repeats``;
+3. ``agent_health_metrics`` over the whole table: median of 5 runs;
+4. catch-up lag: a writer appends ``--rate`` events/s (a fleet's shape, one
+   step per append) while the projector tails the log; lag = time from an
+   append's acknowledgement to its rows being committed in DuckDB (p50, p95).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import shutil
+import statistics
+import threading
+import time
+from pathlib import Path
+
+from bench.histories import Append, session_history
+from fleetlog.events.filelog import FileLog
+from fleetlog.projections.projector import Projector
+
+_IN_FLIGHT = 1_000
+
+
+def generate(log_root: Path, sessions: int, events: int, seed: int = 7) -> int:
+    """Write a fleet's log; returns the number of events written."""
+    per_session = events / sessions
+    # A step is ~7 events; end_rate keeps sessions near the asked-for length.
+    max_steps = max(int(per_session / 7 * 2), 2)
+    logs = [FileLog.open(log_root / f"p{i}") for i in range(2)]
+    written = 0
+
+    async def run_session(index: int, gate: asyncio.Semaphore) -> None:
+        nonlocal written
+        async with gate:
+            sid = f"s-bench-{index:06d}"
+            rng = random.Random(seed * 1_000_003 + index)
+            history: list[Append] = session_history(rng, sid, max_steps=max_steps, end_rate=0.05)
+            log = logs[index % 2]
+            seq = 0
+            for append in history:
+                if written >= events:
+                    return
+                await log.append_async(sid, append.events, seq, append.epoch)
+                seq += len(append.events)
+                written += len(append.events)
+
+    async def main() -> None:
+        gate = asyncio.Semaphore(_IN_FLIGHT)
+        await asyncio.gather(*(run_session(i, gate) for i in range(sessions)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        for log in logs:
+            log.close()
+    return written
+
+
+def prepared_home(root: Path, sessions: int, events: int) -> Path:
+    home = root / f"fleet-{sessions}s-{events}e"
+    marker = home / "generated.json"
+    if marker.exists():
+        return home
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "log").mkdir(parents=True)
+    started = time.perf_counter()
+    written = generate(home / "log", sessions, events)
+    took = time.perf_counter() - started
+    marker.write_text(json.dumps({"events": written, "sessions": sessions, "seconds": took}))
+    print(f"generated {written:,} events for {sessions:,} sessions in {took:.1f} s")
+    return home
+
+
+def bench_rebuild(home: Path, repeats: int) -> tuple[float, int]:
+    rates = []
+    n = 0
+    with Projector.open(home) as projector:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            n = projector.rebuild()
+            took = time.perf_counter() - started
+            rates.append(n / took)
+            print(f"  rebuild: {n:,} events in {took:.2f} s = {n / took:,.0f} events/s")
+    return statistics.median(rates), n
+
+
+def bench_metrics(home: Path) -> float:
+    times = []
+    with Projector.open(home) as projector:
+        for _ in range(5):
+            started = time.perf_counter()
+            rows = projector.query("SELECT * FROM agent_health_metrics").num_rows
+            times.append(time.perf_counter() - started)
+        print(f"  metrics: {rows} rows, runs {', '.join(f'{t * 1000:.0f} ms' for t in times)}")
+    return statistics.median(times)
+
+
+def bench_lag(home: Path, rate: int, seconds: float) -> tuple[float, float, int]:
+    """Append at ``rate`` events/s to a third partition while a projector tails the log."""
+    log = FileLog.open(home / "log" / "p2")
+    acked: dict[int, float] = {}  # last position of an append -> when it was acknowledged
+    lags: list[float] = []
+    stop = threading.Event()
+    projector = Projector.open(home)
+    projector.catch_up()
+
+    def tail() -> None:
+        while not stop.is_set() or projector.lag().get(2, 0):
+            if not projector.step(50_000):
+                time.sleep(0.01)
+                continue
+            now = time.perf_counter()
+            done = projector.checkpoints().get(2, 0)
+            for position in [p for p in acked if p <= done]:
+                lags.append(now - acked.pop(position))
+
+    tailer = threading.Thread(target=tail)
+    tailer.start()
+    rng = random.Random(99)
+    written = 0
+    try:
+
+        async def write() -> None:
+            nonlocal written
+            started = time.perf_counter()
+            index = 0
+            while time.perf_counter() - started < seconds:
+                sid = f"s-lag-{index:06d}"
+                index += 1
+                seq = 0
+                for append in session_history(rng, sid, max_steps=20):
+                    # Pace to the target rate.
+                    due = started + written / rate
+                    delay = due - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    result = await log.append_async(sid, append.events, seq, append.epoch)
+                    acked[result.last_position] = time.perf_counter()
+                    seq += len(append.events)
+                    written += len(append.events)
+
+        asyncio.run(write())
+    finally:
+        stop.set()
+        tailer.join()
+        projector.close()
+        log.close()
+    lags.sort()
+    p50 = lags[len(lags) // 2]
+    p95 = lags[int(len(lags) * 0.95)]
+    return p50, p95, written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=10_000, help="events/s for the lag test")
+    parser.add_argument("--lag-seconds", type=float, default=20.0)
+    parser.add_argument("--dir", default="bench/out/projections", help="where logs are kept")
+    args = parser.parse_args()
+    home = prepared_home(Path(args.dir), args.sessions, args.events)
+    shutil.rmtree(home / "log" / "p2", ignore_errors=True)  # the lag test's own partition
+    for stale in home.glob("projections.duckdb*"):
+        stale.unlink()
+    print(f"log: {home}")
+    rate, n = bench_rebuild(home, args.repeats)
+    metrics_s = bench_metrics(home)
+    p50, p95, written = bench_lag(home, args.rate, args.lag_seconds)
+    print()
+    print(f"| figure ({n:,} events, {args.sessions:,} sessions) | median | goal |")
+    print("|---|---|---|")
+    print(f"| full rebuild | {rate:,.0f} events/s | >= 500,000 |")
+    print(f"| agent_health_metrics over all events | {metrics_s * 1000:.0f} ms | <= 500 ms |")
+    print(
+        f"| catch-up lag at {args.rate:,} events/s ({written:,} events) "
+        f"| p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms | p95 <= 1 s |"
+    )
+
+
+if __name__ == "__main__":
+    main()

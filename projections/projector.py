@@ -1,0 +1,526 @@
+"""The projector: folds the event log into DuckDB tables (SPEC §8), exactly once.
+
+Data flows one way, log → projections. Each round reads what is new in every
+partition (``LogTail``, from the checkpoint), turns it into one Arrow table,
+and in **one DuckDB transaction** inserts it into ``events``, folds it into
+the other tables (``apply.sql``) and moves the per-partition checkpoints. A
+crash before the commit leaves neither rows nor checkpoint behind, so the next
+round reads the same events again: exactly once, with no dedup table.
+
+A rebuild writes a fresh file beside the live one: the segments are turned
+into Arrow tables by a process pool (decoding is the costly part and holds the
+GIL), inserted, folded in one pass, and the file is swapped in by rename.
+Because every merge in ``apply.sql`` is associative, a rebuild and any
+sequence of incremental rounds give the same rows.
+
+DuckDB allows one read-write process per file, so a Projector takes
+``HOME/projections.lock`` for as long as it is open. While a fleet runs, its
+projector actor owns the file and CLI queries go through it; otherwise the CLI
+opens it itself. User SQL always runs in a ``READ ONLY`` transaction and must
+be a single SELECT (or EXPLAIN).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import fcntl
+import gc
+import itertools
+import json
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fleetlog.events.blobs import BlobStore
+from fleetlog.events.codec import EnvelopeRow
+from fleetlog.events.errors import ProjectionError, QueryError
+from fleetlog.events.partitions import partition_dirs
+from fleetlog.events.schema import BlobRef
+from fleetlog.events.tail import LogTail, read_segment, segment_bases
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DB_FILE",
+    "Projector",
+    "rows_to_arrow",
+    "check_read_only",
+    "partitions",
+]
+
+#: Bump when tables.sql or apply.sql change what a row holds: older files are rebuilt.
+SCHEMA_VERSION: Final = "1"
+DB_FILE: Final = "projections.duckdb"
+LOCK_FILE: Final = "projections.lock"
+
+_SQL = resources.files("fleetlog.projections")
+TABLES_SQL: Final = (_SQL / "tables.sql").read_text()
+APPLY_SQL: Final = (_SQL / "apply.sql").read_text()
+
+#: Every event field ``apply.sql`` reads, by name across all event types: each
+#: event's JSON is parsed once, into this struct (absent fields are NULL).
+#: Costs are read as text so that they become exact DECIMALs.
+_FIELDS: Final = {
+    "type": "VARCHAR",
+    **dict.fromkeys(
+        ["request_id", "model", "stop_reason", "error", "call_id", "tool", "input", "output"],
+        "VARCHAR",
+    ),
+    **dict.fromkeys(
+        ["verdict", "risk", "rule", "reason", "reviewer", "note", "idempotency_key"], "VARCHAR"
+    ),
+    **dict.fromkeys(
+        ["task_id", "tenant", "agent_type", "prompt", "workspace", "owner", "result"], "VARCHAR"
+    ),
+    **dict.fromkeys(["step", "status_code"], "INTEGER"),
+    **dict.fromkeys(
+        ["input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"], "BIGINT"
+    ),
+    "cost_usd": "VARCHAR",
+    "latency_ms": "DOUBLE",
+    **dict.fromkeys(["is_error", "approved", "in_doubt"], "BOOLEAN"),
+    **dict.fromkeys(["limits", "tools"], "JSON"),
+}
+#: An Arrow batch as rows of ``_new``: times to TIMESTAMP (µs, UTC), the event's
+#: type from its own tag, its fields parsed once.
+_NEW_ROWS: Final = f"""
+SELECT "partition", position, session_id, seq, epoch, f.type AS type,
+       make_timestamp(round(ts * 1e6)::BIGINT) AS ts, data::JSON AS data, f
+FROM (SELECT *, json_transform(data, '{json.dumps(_FIELDS)}') AS f FROM _batch)
+"""
+_EVENTS_FROM_NEW: Final = (
+    'INSERT INTO events SELECT "partition", position, session_id, seq, epoch, type, ts, data '
+    "FROM _new"
+)
+
+_ARROW_SCHEMA: Final = pa.schema(
+    [
+        ("partition", pa.int32()),
+        ("position", pa.int64()),
+        ("session_id", pa.string()),
+        ("seq", pa.int64()),
+        ("epoch", pa.int64()),
+        ("ts", pa.float64()),
+        ("data", pa.string()),
+    ]
+)
+_json = msgspec.json.Encoder()
+#: A rebuild folds its events into the tables this many at a time.
+_REBUILD_FOLD_EVERY: Final = 2_000_000
+#: Below this many events a rebuild decodes in-process (a pool costs ~1 s to start).
+_POOL_MIN_EVENTS: Final = 400_000
+_READ_ONLY: Final = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
+
+
+def partitions(home: Path) -> list[tuple[int, Path]]:
+    """``(index, path)`` of every log partition under ``HOME/log``."""
+    out = []
+    for path in partition_dirs(home / "log"):
+        name = path.name
+        out.append((int(name[1:]) if name[:1] == "p" and name[1:].isdigit() else 0, path))
+    return out
+
+
+def rows_to_arrow(rows: list[EnvelopeRow], partition: int, blobs: BlobStore | None) -> pa.Table:
+    """One Arrow table of events, ``data`` as JSON text with blob payloads resolved."""
+    with _gc_paused():
+        positions, sids, seqs, epochs, times, _ids, events = zip(*rows, strict=True)
+        lines = _json.encode_lines(events)
+        # A BlobRef encodes as {"sha256":...}; inside a JSON string the quotes are
+        # escaped, so this never matches user text. Rare: payloads over 64 KiB.
+        if b'{"sha256":' in lines:
+            if blobs is None:
+                raise ProjectionError("events refer to blobs but no blob store was given")
+            lines = _json.encode_lines([_resolved(ev, blobs) for ev in events])
+        # One line per event (JSON text never holds a raw newline), split in C++.
+        text = pa.array([lines[:-1]], pa.binary()).cast(pa.string())
+        data = pc.split_pattern(text, "\n").flatten()
+        return pa.Table.from_arrays(
+            [
+                pa.array([partition] * len(rows), pa.int32()),
+                pa.array(positions, pa.int64()),
+                pa.array(sids, pa.string()),
+                pa.array(seqs, pa.int64()),
+                pa.array(epochs, pa.int64()),
+                pa.array(times, pa.float64()),
+                data,
+            ],
+            schema=_ARROW_SCHEMA,
+        )
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Decoding and converting a batch makes hundreds of thousands of objects
+    # and no cycles; collections triggered by that churn cost ~30% of the time.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _resolved(event: Any, blobs: BlobStore) -> Any:
+    changes = {
+        name: blobs.get(value).decode()
+        for name in event.blob_fields
+        if isinstance(value := getattr(event, name), BlobRef)
+    }
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
+def _segment_table(log_path: str, partition: int, segment: str, upto: int) -> pa.Table:
+    """Pool worker: one segment file as an Arrow table (module level: it is pickled by name)."""
+    with _gc_paused():
+        rows = read_segment(Path(log_path), Path(segment), upto)
+    return rows_to_arrow(rows, partition, BlobStore(Path(log_path) / "blobs"))
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse anything but one SELECT/EXPLAIN statement (bad SQL gets DuckDB's first line)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise QueryError(_first_line(e)) from None
+    if len(statements) != 1:
+        raise QueryError(f"give exactly one SQL statement (got {len(statements)})")
+    kind = statements[0].type
+    if kind not in _READ_ONLY:
+        raise QueryError(f"projections are read-only: only SELECT is allowed (got {kind.name})")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class Projector:
+    """Owns ``HOME/projections.duckdb`` read-write for as long as it is open."""
+
+    def __init__(self, home: Path, con: duckdb.DuckDBPyConnection, lock_fd: int) -> None:
+        self.home = home
+        self.path = home / DB_FILE
+        self.con = con
+        self._lock_fd = lock_fd
+        self._tails: dict[int, LogTail] = {}
+        self._write = threading.Lock()  # one writing transaction at a time
+        self.rebuilt_on_open = ""
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, home: Path, *, wait_s: float = 10.0) -> Projector:
+        """Take the projections lock (waiting up to ``wait_s``) and open or create the file."""
+        home = home.resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        lock_fd = _take_lock(home / LOCK_FILE, wait_s)
+        try:
+            reason = ""
+            try:
+                con = _connect(home / DB_FILE)
+                version = _schema_version(con)
+            except duckdb.Error as e:  # an unreadable file: projections are disposable
+                reason = f"unreadable ({_first_line(e)})"
+                _remove_db(home / DB_FILE)
+                con = _connect(home / DB_FILE)
+                version = None
+            projector = cls(home, con, lock_fd)
+            if version is None and not reason:
+                projector._create_schema(con)
+            elif version is not None and version != SCHEMA_VERSION:
+                reason = f"schema version {version}, this fleetlog writes {SCHEMA_VERSION}"
+            if reason:
+                projector.rebuild()
+                projector.rebuilt_on_open = reason
+            return projector
+        except BaseException:
+            _release_lock(lock_fd)
+            raise
+
+    def _create_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("BEGIN")
+        con.execute(TABLES_SQL)
+        con.execute("INSERT INTO _meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+        con.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._write:
+            with contextlib.suppress(duckdb.Error):
+                self.con.close()
+            if self._lock_fd >= 0:
+                _release_lock(self._lock_fd)
+                self._lock_fd = -1
+
+    def __enter__(self) -> Projector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- catching up -----------------------------------------------------------------------
+
+    def checkpoints(self) -> dict[int, int]:
+        rows = self.con.cursor().execute("SELECT * FROM _checkpoints").fetchall()
+        return {int(p): int(pos) for p, pos in rows}
+
+    def _tail(self, index: int, path: Path) -> LogTail:
+        tail = self._tails.get(index)
+        if tail is None or tail.path != path:
+            tail = self._tails[index] = LogTail(path)
+        return tail
+
+    def step(self, limit: int = 100_000) -> int:
+        """One round: up to about ``limit`` new events, committed with their checkpoints."""
+        with self._write:
+            done = self.checkpoints()
+            tables: list[pa.Table] = []
+            moved: dict[int, int] = {}
+            share = max(limit // max(len(self._tails), 1), 1_000)
+            for index, path in partitions(self.home):
+                tail = self._tail(index, path)
+                with _gc_paused():
+                    rows = tail.read(done.get(index, 0) + 1, share, rows=True)
+                if not rows:
+                    continue
+                _check_contiguous(index, done.get(index, 0), rows)
+                tables.append(rows_to_arrow(rows, index, BlobStore(path / "blobs")))
+                moved[index] = rows[-1][0]
+            if not tables:
+                return 0
+            batch = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            self._apply(batch, moved)
+            applied: int = batch.num_rows
+            return applied
+
+    def _apply(self, batch: pa.Table, moved: dict[int, int], *, commit: bool = True) -> None:
+        con = self.con
+        con.execute("BEGIN")
+        try:
+            con.register("_batch", batch)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {_NEW_ROWS}")
+            _fold_new(con)
+            for index, position in moved.items():
+                con.execute("INSERT OR REPLACE INTO _checkpoints VALUES (?, ?)", [index, position])
+            if not commit:  # tests: a crash between the rows and the commit
+                raise _SimulatedCrash
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                con.unregister("_batch")
+
+    def catch_up(self, *, limit: int = 100_000) -> int:
+        """Apply rounds until the log has nothing new; the number of events applied."""
+        total = 0
+        while n := self.step(limit):
+            total += n
+        return total
+
+    def lag(self) -> dict[int, int]:
+        """Events per partition that are in the log but not yet projected."""
+        done = self.checkpoints()
+        return {
+            index: max(LogTail(path).head() - done.get(index, 0), 0)
+            for index, path in partitions(self.home)
+        }
+
+    # --- rebuilding ------------------------------------------------------------------------
+
+    def rebuild(self, *, workers: int | None = None) -> int:
+        """Drop everything and project the whole log again; the number of events."""
+        with self._write:
+            return self._rebuild(workers)
+
+    def _rebuild(self, workers: int | None) -> int:
+        tmp = self.path.with_name(DB_FILE + ".rebuild")
+        _remove_db(tmp)
+        con = _connect(tmp)
+        try:
+            self._create_schema(con)
+            heads: dict[int, int] = {}
+            jobs: list[tuple[str, int, str, int]] = []
+            for index, path in partitions(self.home):
+                head = LogTail(path).head()
+                heads[index] = head
+                for base, seg in segment_bases(path):
+                    if base <= head:
+                        jobs.append((str(path), index, str(seg), head))
+            total_events = sum(heads.values())
+            con.execute("BEGIN")
+            # Segments go into ``_new`` and are folded a few million events at a
+            # time: the merges are associative, and memory stays bounded.
+            pending = 0
+            for table in _segment_tables(jobs, total_events, workers):
+                con.register("_batch", table)
+                if pending == 0:
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {_NEW_ROWS}")
+                else:
+                    con.execute(f"INSERT INTO _new {_NEW_ROWS}")
+                con.unregister("_batch")
+                pending += table.num_rows
+                if pending >= _REBUILD_FOLD_EVERY:
+                    _fold_new(con)
+                    pending = 0
+            if pending:
+                _fold_new(con)
+            for index, head in heads.items():
+                if head:
+                    con.execute("INSERT INTO _checkpoints VALUES (?, ?)", [index, head])
+            con.execute("COMMIT")
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        # Swap the new file in. We hold the lock: nobody else has either file open.
+        with contextlib.suppress(duckdb.Error):
+            self.con.close()
+        _remove_db(self.path)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.home)
+        self.con = _connect(self.path)
+        self._tails.clear()
+        return total_events
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def query(self, sql: str, params: list[Any] | None = None) -> pa.Table:
+        """Run one read-only statement; the result as an Arrow table."""
+        check_read_only(sql)
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            result = cur.sql(sql, params=params).to_arrow_table()
+            cur.execute("ROLLBACK")
+            return result
+        except duckdb.Error as e:
+            raise QueryError(_first_line(e)) from None
+        finally:
+            cur.close()
+
+    def health(self, since: datetime | None = None, agent_type: str | None = None) -> pa.Table:
+        """``agent_health_metrics`` for sessions created at or after ``since`` (UTC)."""
+        args = []
+        params: list[Any] = []
+        if since is not None:
+            args.append("since := ?::TIMESTAMP")
+            params.append(since.replace(tzinfo=None))
+        if agent_type is not None:
+            args.append("agent := ?::VARCHAR")
+            params.append(agent_type)
+        return self.query(f"SELECT * FROM agent_health({', '.join(args)})", params)
+
+
+def _fold_new(con: duckdb.DuckDBPyConnection) -> None:
+    """``_new`` into ``events`` and every other table; ``_new`` is dropped."""
+    con.execute(_EVENTS_FROM_NEW)
+    con.execute(APPLY_SQL)
+    con.execute("DROP TABLE _new")
+
+
+class _SimulatedCrash(Exception):
+    """Raised by ``_apply(commit=False)``: the transaction is abandoned like a dead process's."""
+
+
+def _check_contiguous(index: int, done: int, rows: list[EnvelopeRow]) -> None:
+    first, last = rows[0][0], rows[-1][0]
+    if first != done + 1 or last - first + 1 != len(rows):
+        raise ProjectionError(
+            f"partition p{index}: expected events from position {done + 1}, "
+            f"read {first}..{last}; run `fleetlog project --rebuild`"
+        )
+
+
+def _segment_tables(
+    jobs: list[tuple[str, int, str, int]], total_events: int, workers: int | None
+) -> Iterator[pa.Table]:
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    if workers <= 1 or total_events < _POOL_MIN_EVENTS or len(jobs) < 2:
+        for job in jobs:
+            yield _segment_table(*job)
+        return
+    # spawn, not fork: this process may hold DuckDB and Ray threads. Results are
+    # taken in job order (later folds must hold later events of each session),
+    # with a bounded window so that decoded segments do not pile up in memory.
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        window: collections.deque[concurrent.futures.Future[pa.Table]] = collections.deque()
+        queued = iter(jobs)
+        for job in itertools.islice(queued, workers * 2):
+            window.append(pool.submit(_segment_table, *job))
+        while window:
+            table = window.popleft().result()
+            for job in itertools.islice(queued, 1):
+                window.append(pool.submit(_segment_table, *job))
+            yield table
+
+
+def _connect(path: Path) -> duckdb.DuckDBPyConnection:
+    # Insertion order is meaningless here (every table has its keys), and
+    # keeping it costs memory and time on big inserts.
+    return duckdb.connect(str(path), config={"preserve_insertion_order": False})
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection) -> str | None:
+    has_meta = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = '_meta' AND NOT temporary"
+    ).fetchone()
+    if not has_meta or not has_meta[0]:
+        return None
+    row = con.execute("SELECT value FROM _meta WHERE key = 'schema_version'").fetchone()
+    return str(row[0]) if row else "?"
+
+
+def _remove_db(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".wal")):
+        p.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _take_lock(path: Path, wait_s: float) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise ProjectionError(
+                    f"projections are open in another process (pid {holder}); while a "
+                    "fleet runs, `fleetlog sql` asks its projector instead"
+                ) from None
+            time.sleep(0.05)
+            continue
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+
+def _release_lock(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)

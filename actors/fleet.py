@@ -1,9 +1,14 @@
 """The fleet on Ray: actors, and the driver-side handle the CLI uses.
 
+    Projector    (1, async, max_restarts=-1)  owns HOME/projections.duckdb, tails the log,
+                                              answers SQL, metrics and recovery questions
     SessionHost  (N, async, max_restarts=-1)  each owns log partitions and their sessions;
-                                              restarts anywhere and resumes them
-    BudgetLedger (1, async, max_restarts=-1)  tenant budgets, rebuilt from the log
+                                              restarts anywhere and resumes the unfinished
+                                              ones (projections + the log's tail)
+    BudgetLedger (1, async, max_restarts=-1)  tenant budgets, rebuilt from the projections
+                                              plus the log's tail
     Dispatcher   (1)                          routes submit/approve/deny/cancel to owners
+                                              through a session directory built the same way
 
 Actors are named in a namespace derived from the fleet home, so CLI commands in
 other processes find a running fleet through ``HOME/fleet.json``.
@@ -17,6 +22,8 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,10 @@ from fleetlog.actors.host import HostCore, host_for
 from fleetlog.actors.ledger import Budget, Ledger
 from fleetlog.actors.runner import Command
 from fleetlog.config import Config, Task
-from fleetlog.events.partitions import open_readers
-from fleetlog.events.schema import SessionCreated
+from fleetlog.events.schema import Envelope, SessionCreated
+from fleetlog.events.tail import LogTail
+from fleetlog.projections.projector import partitions
+from fleetlog.projections.service import ProjectionService, SessionsView
 
 __all__ = ["Fleet", "namespace_for", "FLEET_FILE", "session_event"]
 
@@ -54,40 +63,94 @@ def session_event(config: Config, task: Task, session_id: str) -> SessionCreated
     )
 
 
-class _LedgerActor:
-    """Fleet-wide budgets. Rebuilt by folding every partition, read-only, on first use."""
+def _tail(home: Path, view: SessionsView | None) -> Iterator[list[Envelope]]:
+    """Batches of every event the view does not cover yet (the whole log without a view)."""
+    done = view.checkpoints if view is not None else {}
+    for index, path in partitions(home):
+        tail = LogTail(path)
+        position = done.get(index, 0) + 1
+        while batch := tail.read(position, 50_000):
+            yield batch
+            position = batch[-1].position + 1
 
-    def __init__(self, budgets: dict[str, Budget], log_root: str) -> None:
+
+async def _sessions_view(projector: Any) -> SessionsView | None:
+    """The projector's snapshot, or None (no projector, or not answering: fold the log)."""
+    if projector is None:
+        return None
+    try:
+        view: SessionsView | None = await asyncio.wait_for(projector.sessions.remote(), 30)
+    except Exception:
+        return None
+    return view
+
+
+class _ProjectorActor:
+    """Thin: the ProjectionService does the work, in threads (DuckDB releases the GIL)."""
+
+    def __init__(self, home: str) -> None:
+        self.service = ProjectionService(Path(home))
+        self.service.start()
+
+    async def ping(self) -> bool:
+        return True
+
+    async def query(self, sql: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.service.query, sql)
+
+    async def health(self, since: datetime | None, agent_type: str | None) -> dict[str, Any]:
+        return await asyncio.to_thread(self.service.health, since, agent_type)
+
+    async def project(self, rebuild: bool) -> dict[str, Any]:
+        return await asyncio.to_thread(self.service.project, rebuild)
+
+    async def sessions(self) -> SessionsView | None:
+        return await asyncio.to_thread(self.service.sessions)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.service.close)
+
+
+class _LedgerActor:
+    """Fleet-wide budgets: rebuilt from the projections plus the log's tail, on first use."""
+
+    def __init__(self, budgets: dict[str, Budget], home: str, namespace: str) -> None:
         self.ledger = Ledger(budgets)
-        self.log_root = Path(log_root)
+        self.home = Path(home)
+        self.namespace = namespace
         self._built = False
 
-    def _build(self) -> None:
+    async def _build(self) -> None:
         if self._built:
             return
-        for reader in open_readers(self.log_root):
-            try:
-                position = 1
-                while batch := reader.read_all(position, 50_000):
-                    self.ledger.fold(batch)
-                    position = batch[-1].position + 1
-            finally:
-                reader.close()
+        view = await _sessions_view(_projector_handle(self.namespace))
+        if view is not None:
+            for sid, _partition, _status, tenant, cost, tokens in view.sessions:
+                self.ledger.seed(sid, tenant, cost, tokens)
+        for batch in _tail(self.home, view):
+            self.ledger.fold(batch)
         self._built = True
 
     async def reserve(self, tenant: str, usd: float, tokens: int) -> tuple[bool, str]:
-        self._build()
+        await self._build()
         return self.ledger.reserve(tenant, usd, tokens)
 
     async def settle(
         self, tenant: str, reserved_usd: float, reserved_tokens: int, usd: float, tokens: int
     ) -> None:
-        self._build()
+        await self._build()
         self.ledger.settle(tenant, reserved_usd, reserved_tokens, usd, tokens)
 
     async def snapshot(self) -> dict[str, dict[str, float]]:
-        self._build()
+        await self._build()
         return self.ledger.snapshot()
+
+
+def _projector_handle(namespace: str) -> Any | None:
+    try:
+        return ray.get_actor("fleetlog-projector", namespace=namespace)
+    except ValueError:
+        return None
 
 
 class _LedgerPort:
@@ -107,9 +170,15 @@ class _LedgerPort:
 class _HostActor:
     """Thin: every call first makes sure a (re)started host owns its partitions and resumed."""
 
-    def __init__(self, index: int, hosts: int, home: str, config: Config, ledger: Any) -> None:
+    def __init__(
+        self, index: int, hosts: int, home: str, config: Config, ledger: Any, namespace: str
+    ) -> None:
         budget = _LedgerPort(ledger) if ledger is not None else None
-        self.core = HostCore(index, hosts, Path(home), config, budget)
+
+        async def view() -> SessionsView | None:
+            return await _sessions_view(_projector_handle(namespace))
+
+        self.core = HostCore(index, hosts, Path(home), config, budget, sessions_view=view)
 
     async def ping(self) -> int:
         await self.core.start()
@@ -141,17 +210,51 @@ class _HostActor:
 
 
 class _Dispatcher:
-    def __init__(self, namespace: str, hosts: int) -> None:
+    """Routes commands to the host owning the session, through a session directory.
+
+    The directory (session -> partition; partition p belongs to host p % hosts)
+    is rebuilt on start from the projections plus the log's tail, then kept up
+    to date by submissions. A session it does not know, or a host that denies
+    having it, falls back to asking every host.
+    """
+
+    def __init__(self, namespace: str, hosts: int, home: str) -> None:
         # Looked up by name rather than passed in: handles as constructor
         # arguments would live in the object store and could be lost on restart.
         self.hosts = [
             ray.get_actor(f"fleetlog-host-{i}", namespace=namespace) for i in range(hosts)
         ]
+        self.namespace = namespace
+        self.home = Path(home)
+        self.directory: dict[str, int] | None = None
+
+    async def _directory(self) -> dict[str, int]:
+        if self.directory is None:
+            view = await _sessions_view(_projector_handle(self.namespace))
+            directory = {row[0]: row[1] for row in view.sessions} if view is not None else {}
+            for index, path in partitions(self.home):
+                done = view.checkpoints.get(index, 0) if view is not None else 0
+                tail = LogTail(path)
+                position = done + 1
+                while batch := tail.read(position, 50_000):
+                    for env in batch:
+                        directory.setdefault(env.session_id, index)
+                    position = batch[-1].position + 1
+            self.directory = directory
+        return self.directory
 
     async def _owner(self, session_id: str) -> Any | None:
+        partition = (await self._directory()).get(session_id)
+        if partition is not None:
+            candidate: Any = self.hosts[partition % len(self.hosts)]
+            owns: bool = await candidate.has.remote(session_id)
+            if owns:
+                return candidate
         found: list[bool] = await asyncio.gather(*(h.has.remote(session_id) for h in self.hosts))
-        for host, has in zip(self.hosts, found, strict=True):
+        for index, (host, has) in enumerate(zip(self.hosts, found, strict=True)):
             if has:
+                # Not necessarily its partition number, but it routes to this host.
+                (await self._directory())[session_id] = index
                 return host
         return None
 
@@ -159,7 +262,9 @@ class _Dispatcher:
         """Create the session (True) or, if it exists, make sure it runs (False)."""
         owner = await self._owner(session_id)
         if owner is None:
-            owner = self.hosts[host_for(session_id, len(self.hosts))]
+            index = host_for(session_id, len(self.hosts))
+            owner = self.hosts[index]
+            (await self._directory())[session_id] = index
         created: bool = await owner.create.remote(session_id, event)
         return created
 
@@ -183,6 +288,7 @@ class Fleet:
         self.home = home
         self.config = config
         self.namespace = namespace
+        self.projector = actors["projector"]
         self.ledger = actors["ledger"]
         self.hosts: list[Any] = actors["hosts"]
         self.dispatcher = actors["dispatcher"]
@@ -217,8 +323,13 @@ class Fleet:
                 **options,
             )
 
+        # First: hosts, ledger and dispatcher ask it where to start from.
+        projector: Any = actor(_ProjectorActor, "fleetlog-projector", max_concurrency=64).remote(
+            str(home)
+        )
+        ray.get(projector.ping.remote())
         ledger: Any = (
-            actor(_LedgerActor, "fleetlog-ledger").remote(budgets, str(home / "log"))
+            actor(_LedgerActor, "fleetlog-ledger").remote(budgets, str(home), namespace)
             if budgets
             else None
         )
@@ -229,18 +340,23 @@ class Fleet:
                 max_concurrency=100_000,
                 runtime_env=runtime_env,
                 scheduling_strategy=host_scheduling,
-            ).remote(i, hosts, str(home), config, ledger)
+            ).remote(i, hosts, str(home), config, ledger, namespace)
             for i in range(hosts)
         ]
         dispatcher: Any = actor(_Dispatcher, "fleetlog-dispatcher", max_concurrency=1000).remote(
-            namespace, hosts
+            namespace, hosts, str(home)
         )
         ray.get([h.ping.remote() for h in host_handles])
         return cls(
             home,
             config,
             namespace,
-            {"ledger": ledger, "hosts": host_handles, "dispatcher": dispatcher},
+            {
+                "projector": projector,
+                "ledger": ledger,
+                "hosts": host_handles,
+                "dispatcher": dispatcher,
+            },
         )
 
     @classmethod
@@ -253,9 +369,13 @@ class Fleet:
             ray.get_actor(f"fleetlog-host-{i}", namespace=namespace) for i in range(info["hosts"])
         ]
         dispatcher = ray.get_actor("fleetlog-dispatcher", namespace=namespace)
-        return cls(
-            home, config, namespace, {"ledger": None, "hosts": hosts, "dispatcher": dispatcher}
-        )
+        actors = {
+            "projector": _projector_handle(namespace),
+            "ledger": None,
+            "hosts": hosts,
+            "dispatcher": dispatcher,
+        }
+        return cls(home, config, namespace, actors)
 
     def write_fleet_file(self, address: str, *, started_ray: bool = False) -> None:
         info = {
@@ -306,7 +426,10 @@ class Fleet:
         # A host that cannot answer is killed below all the same.
         with contextlib.suppress(Exception):
             ray.get([h.close.remote() for h in self.hosts], timeout=30)
-        for handle in [self.dispatcher, *self.hosts, self.ledger]:
+        if self.projector is not None:
+            with contextlib.suppress(Exception):
+                ray.get(self.projector.close.remote(), timeout=30)
+        for handle in [self.dispatcher, *self.hosts, self.ledger, self.projector]:
             if handle is not None:
                 ray.kill(handle, no_restart=True)
         (self.home / FLEET_FILE).unlink(missing_ok=True)

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ from fleetlog.events.filelog import FileLog
 from fleetlog.events.log import AppendResult
 from fleetlog.events.partitions import partition_dirs, partition_path
 from fleetlog.events.schema import Envelope, Event, SessionCreated
+from fleetlog.events.state import TERMINAL
+from fleetlog.projections.service import SessionsView
 
 __all__ = ["host_for", "HostCore", "session_summary"]
 
@@ -108,6 +110,7 @@ class HostCore:
         *,
         lock_wait_s: float = 60.0,
         model_factory: Callable[[str], ModelClient] | None = None,
+        sessions_view: Callable[[], Awaitable[SessionsView | None]] | None = None,
     ) -> None:
         self.index = index
         self.hosts = hosts
@@ -117,6 +120,7 @@ class HostCore:
         self.partitions: dict[int, FileLog] = {}
         self._models: dict[str, ModelClient] = {}
         self._model_factory = model_factory
+        self._sessions_view = sessions_view
         self.deps = RunnerDeps(
             log=_PartitionPort(self),
             model_for=self._model_for,
@@ -207,18 +211,40 @@ class HostCore:
     # --- sessions ----------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Open this host's partitions and resume every session in them (idempotent)."""
+        """Open this host's partitions and resume their unfinished sessions (idempotent)."""
         if self._started:
             return 0
         self._open_partitions()
         self._started = True
+        view = await self._sessions_view() if self._sessions_view is not None else None
         started = 0
-        for log in self.partitions.values():
-            for session_id in log.session_ids():
+        for index, log in self.partitions.items():
+            for session_id in self._unfinished(index, log, view):
                 if session_id not in self.tasks:
                     self.open(session_id)
                     started += 1
         return started
+
+    @staticmethod
+    def _unfinished(index: int, log: FileLog, view: SessionsView | None) -> list[str]:
+        """Sessions of a partition that may still need running.
+
+        From the projections (not terminal at their checkpoint) plus every session
+        the log mentions after it: a restart reads the log's tail, not the whole
+        log. Without projections, every session (a terminal one returns at once).
+        """
+        if view is None:
+            return log.session_ids()
+        found = {
+            sid
+            for sid, partition, status, *_rest in view.sessions
+            if partition == index and status not in TERMINAL
+        }
+        position = view.checkpoints.get(index, 0) + 1
+        while batch := log.read_all(position, 50_000):
+            found.update(env.session_id for env in batch)
+            position = batch[-1].position + 1
+        return sorted(found)
 
     def has(self, session_id: str) -> bool:
         return self.find(session_id) is not None

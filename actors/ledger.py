@@ -3,8 +3,9 @@
 Before each model call a host reserves the call's worst case against the
 tenant's budget; after it, the reservation is settled with the real cost.
 Spending is recorded in the log (``ModelResponded.cost_usd``), so after a
-restart the ledger is rebuilt by folding the log: reservations in flight at a
-crash are simply gone, what was spent is not.
+restart the ledger is rebuilt from the projections (``seed``: what each
+session spent up to the projection checkpoint) plus a fold of the log beyond
+it: reservations in flight at a crash are simply gone, what was spent is not.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ class Ledger:
                 account = self.accounts.setdefault(tenant, _Account())
                 account.spent_usd += event.cost_usd
                 account.spent_tokens += event.input_tokens + event.output_tokens
+
+    def seed(self, session_id: str, tenant: str, usd: float, tokens: int) -> None:
+        """Add one session's spending as the projections report it (a rebuild's start)."""
+        self._tenant_of[session_id] = tenant
+        account = self.accounts.setdefault(tenant, _Account())
+        account.spent_usd += usd
+        account.spent_tokens += tokens
 
     def reserve(self, tenant: str, usd: float, tokens: int) -> tuple[bool, str]:
         budget = self.budgets.get(tenant)

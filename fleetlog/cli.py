@@ -608,6 +608,151 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return _decide(args, "cancel")
 
 
+# --- projections: sql / metrics / project ---------------------------------------------------
+
+
+def _projections(home: Path, method: str, *args: Any) -> dict[str, Any]:
+    """Ask the running fleet's projector; with no fleet answering, open the file here.
+
+    DuckDB allows one read-write process per file: while a fleet runs, its
+    projector owns ``projections.duckdb`` and this process only asks.
+    """
+    from fleetlog.projections.service import ProjectionService
+
+    if (home / "fleet.json").exists():
+        import ray
+
+        info = json.loads((home / "fleet.json").read_text())
+        try:
+            with _ray(info["address"], info["namespace"]):
+                actor = ray.get_actor("fleetlog-projector", namespace=info["namespace"])
+                answer: dict[str, Any] = ray.get(getattr(actor, method).remote(*args))
+                return answer
+        except Exception:
+            if os.environ.get("FLEETLOG_DEBUG"):
+                raise
+            # No fleet answering: fall through and open the projections here.
+    if not partition_dirs(home / "log"):
+        raise FleetlogError(f"no event log under {home} (looked in {home / 'log'})")
+    service = ProjectionService(home)
+    try:
+        if method == "query":
+            return service.query(*args)
+        if method == "health":
+            return service.health(*args)
+        return service.project(*args)
+    finally:
+        service.close()
+
+
+def _answer(answer: dict[str, Any]) -> Any:
+    if "error" in answer:
+        raise FleetlogError(answer["error"])
+    return answer.get("table", answer)
+
+
+def _jsonable(value: Any) -> Any:
+    import datetime
+    import decimal
+
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _cell(value: Any) -> str:
+    import datetime
+    import decimal
+
+    if value is None:
+        return ""
+    if isinstance(value, decimal.Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, datetime.datetime):
+        return value.isoformat(sep=" ", timespec="milliseconds")
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) < 1e15 else repr(value)
+    return str(value)
+
+
+def _print_arrow(table: Any, fmt: str) -> None:
+    names: list[str] = list(table.column_names)
+    rows: list[dict[str, Any]] = table.to_pylist()
+    if fmt == "json":
+        _out(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows]))
+    elif fmt == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(names)
+        for r in rows:
+            writer.writerow(["" if r[n] is None else _jsonable(r[n]) for n in names])
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        view = Table(*names)
+        for r in rows:
+            view.add_row(*(_cell(r[n]) for n in names))
+        Console(width=max(120, len(names) * 16), highlight=False).print(view)
+        _out(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    table = _answer(_projections(_home(args).resolve(), "query", args.query))
+    _print_arrow(table, "json" if args.json else "csv" if args.csv else "table")
+    return 0
+
+
+def parse_since(text: str, now: float | None = None) -> Any:
+    """``7d``, ``12h``, ``30m``, ``90s``, ``2w`` ago, or an ISO date/time (UTC) -> datetime."""
+    import datetime
+    import re
+
+    now = time.time() if now is None else now
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if m:
+        seconds = (
+            float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        )
+        return datetime.datetime.fromtimestamp(now - seconds, datetime.UTC).replace(tzinfo=None)
+    try:
+        when = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: give a duration like 7d, 12h, 30m, or a date like 2026-11-01"
+        ) from None
+    if when.tzinfo is not None:
+        when = when.astimezone(datetime.UTC).replace(tzinfo=None)
+    return when
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    since = parse_since(args.since) if args.since else None
+    table = _answer(_projections(_home(args).resolve(), "health", since, args.agent_type))
+    if args.json:
+        _print_arrow(table, "json")
+        return 0
+    window = f"sessions created since {since:%Y-%m-%d %H:%M} UTC" if since else "all sessions"
+    _out(f"agent health, {window}" + (f", agent {args.agent_type}" if args.agent_type else ""))
+    _print_arrow(table, "table")
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    answer = _answer(_projections(_home(args).resolve(), "project", bool(args.rebuild)))
+    n, seconds = answer["events"], answer["seconds"]
+    where = ", ".join(f"p{p} at {pos:,}" for p, pos in sorted(answer["checkpoints"].items()))
+    verb = "rebuilt from" if args.rebuild else "caught up with"
+    rate = f" ({n / seconds:,.0f} events/s)" if n and seconds > 0 else ""
+    _out(f"projections {verb} {n:,} events in {seconds:.2f}s{rate}; {where or 'empty log'}")
+    return 0
+
+
 # --- verify --------------------------------------------------------------------------------
 
 
@@ -721,6 +866,22 @@ def _parser() -> argparse.ArgumentParser:
 
     cancel = add("cancel", cmd_cancel, "cancel a session")
     cancel.add_argument("session")
+
+    sql = add("sql", cmd_sql, "catch projections up with the log and run one SQL query")
+    sql.add_argument("query")
+    fmt = sql.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON array of row objects")
+    fmt.add_argument("--csv", action="store_true")
+
+    metrics = add("metrics", cmd_metrics, "agent health metrics (agent_health_metrics)")
+    metrics.add_argument("--since", help="only sessions created since: 7d, 12h, 30m, or a date")
+    metrics.add_argument("--agent-type", help="only this agent type")
+    metrics.add_argument("--json", action="store_true")
+
+    project = add("project", cmd_project, "catch projections up, or drop and rebuild them")
+    project.add_argument(
+        "--rebuild", action="store_true", help="drop every projection and rebuild from the log"
+    )
 
     verify = add(
         "verify", cmd_verify, "check the log end to end (checksums, contiguous sequence numbers)"

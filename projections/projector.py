@@ -218,6 +218,9 @@ class Projector:
         self._lock_fd = lock_fd
         self._tails: dict[int, LogTail] = {}
         self._write = threading.Lock()  # one writing transaction at a time
+        # Held by readers while they use a cursor, and by a rebuild while it swaps
+        # the file: a cursor never outlives the connection it came from.
+        self._swap = threading.RLock()
         self.rebuilt_on_open = ""
 
     # --- opening ---------------------------------------------------------------------------
@@ -258,7 +261,7 @@ class Projector:
         con.execute("COMMIT")
 
     def close(self) -> None:
-        with self._write:
+        with self._write, self._swap:
             with contextlib.suppress(duckdb.Error):
                 self.con.close()
             if self._lock_fd >= 0:
@@ -273,8 +276,19 @@ class Projector:
 
     # --- catching up -----------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of its own for the calling thread (DuckDB MVCC: a consistent view)."""
+        with self._swap:
+            cur = self.con.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+
     def checkpoints(self) -> dict[int, int]:
-        rows = self.con.cursor().execute("SELECT * FROM _checkpoints").fetchall()
+        with self.cursor() as cur:
+            rows = cur.execute("SELECT * FROM _checkpoints").fetchall()
         return {int(p): int(pos) for p, pos in rows}
 
     def _tail(self, index: int, path: Path) -> LogTail:
@@ -387,13 +401,15 @@ class Projector:
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        # Swap the new file in. We hold the lock: nobody else has either file open.
-        with contextlib.suppress(duckdb.Error):
-            self.con.close()
-        _remove_db(self.path)
-        os.replace(tmp, self.path)
-        _fsync_dir(self.home)
-        self.con = _connect(self.path)
+        # Swap the new file in. We hold the lock: no other process has either file
+        # open, and ``_swap`` keeps our own readers off the connection meanwhile.
+        with self._swap:
+            with contextlib.suppress(duckdb.Error):
+                self.con.close()
+            _remove_db(self.path)
+            os.replace(tmp, self.path)
+            _fsync_dir(self.home)
+            self.con = _connect(self.path)
         self._tails.clear()
         return total_events
 
@@ -402,16 +418,14 @@ class Projector:
     def query(self, sql: str, params: list[Any] | None = None) -> pa.Table:
         """Run one read-only statement; the result as an Arrow table."""
         check_read_only(sql)
-        cur = self.con.cursor()
-        try:
-            cur.execute("BEGIN TRANSACTION READ ONLY")
-            result = cur.sql(sql, params=params).to_arrow_table()
-            cur.execute("ROLLBACK")
-            return result
-        except duckdb.Error as e:
-            raise QueryError(_first_line(e)) from None
-        finally:
-            cur.close()
+        with self.cursor() as cur:
+            try:
+                cur.execute("BEGIN TRANSACTION READ ONLY")
+                result = cur.sql(sql, params=params).to_arrow_table()
+                cur.execute("ROLLBACK")
+                return result
+            except duckdb.Error as e:
+                raise QueryError(_first_line(e)) from None
 
     def health(self, since: datetime | None = None, agent_type: str | None = None) -> pa.Table:
         """``agent_health_metrics`` for sessions created at or after ``since`` (UTC)."""

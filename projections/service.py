@@ -1,0 +1,145 @@
+"""The projections of a running fleet: one owner process that tails the log and answers.
+
+DuckDB lets one process open ``projections.duckdb`` read-write, so while a
+fleet runs its projector actor is that process: a thread keeps the tables a
+fraction of a second behind the log, and everything else (CLI queries,
+metrics, the budget ledger, restarting hosts, the dispatcher) asks it. Every
+answer is plain data (Arrow tables, dicts): errors come back as values, so
+that the CLI can print DuckDB's one line instead of a remote traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from fleetlog.events.errors import FleetlogError
+
+from .projector import Projector
+
+__all__ = ["ProjectionService", "SessionsView", "sessions_view"]
+
+log = logging.getLogger("fleetlog.projections")
+
+
+class SessionsView(msgspec.Struct, frozen=True):
+    """What the projections knew at ``checkpoints``: every session's partition and status.
+
+    Readers add what the log holds beyond the checkpoints (the tail) themselves.
+    """
+
+    checkpoints: dict[int, int]
+    sessions: list[tuple[str, int, str, str, float, int]]  # id, partition, status, tenant,
+    # cost_usd, token_count
+
+
+def sessions_view(projector: Projector) -> SessionsView:
+    """A consistent snapshot: checkpoints and rows read in one transaction."""
+    with projector.cursor() as cur:
+        cur.execute("BEGIN TRANSACTION READ ONLY")
+        checkpoints = {int(p): int(pos) for p, pos in cur.execute("FROM _checkpoints").fetchall()}
+        rows = cur.execute(
+            'SELECT id, "partition", status, tenant, cost_usd::DOUBLE, token_count '
+            "FROM agent_executions"
+        ).fetchall()
+        cur.execute("ROLLBACK")
+    return SessionsView(checkpoints, [tuple(r) for r in rows])
+
+
+class ProjectionService:
+    """Owns the projector; a daemon thread tails the log until ``close``."""
+
+    def __init__(self, home: Path, *, idle_s: float = 0.05) -> None:
+        self.home = home
+        self.idle_s = idle_s
+        self.projector: Projector | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._opened = threading.Event()
+        self.error = ""
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="projector", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.projector is None:
+                    self.projector = Projector.open(self.home, wait_s=60.0)
+                    self._opened.set()
+                if not self.projector.step():
+                    self._stop.wait(self.idle_s)
+                self.error = ""
+            except FleetlogError as e:
+                # A log being repaired, a lock not yet released: say so, try again.
+                if str(e) != self.error:
+                    log.warning("projections: %s", e)
+                self.error = str(e)
+                self._stop.wait(1.0)
+            except Exception as e:  # never let the tailer die silently
+                log.exception("projections: tailing failed")
+                self.error = f"{type(e).__name__}: {e}"
+                self._stop.wait(1.0)
+
+    def _ready(self, timeout: float = 60.0) -> Projector:
+        self.start()
+        if not self._opened.wait(timeout) or self.projector is None:
+            raise FleetlogError(f"projections are not open yet: {self.error or 'still opening'}")
+        return self.projector
+
+    # --- answers (plain data) ----------------------------------------------------------------
+
+    def query(self, sql: str) -> dict[str, Any]:
+        try:
+            projector = self._ready()
+            projector.catch_up()
+            return {"table": projector.query(sql)}
+        except FleetlogError as e:
+            return {"error": str(e)}
+
+    def health(self, since: datetime | None, agent_type: str | None) -> dict[str, Any]:
+        try:
+            projector = self._ready()
+            projector.catch_up()
+            return {"table": projector.health(since, agent_type)}
+        except FleetlogError as e:
+            return {"error": str(e)}
+
+    def project(self, rebuild: bool) -> dict[str, Any]:
+        try:
+            projector = self._ready()
+            started = time.perf_counter()
+            n = projector.rebuild() if rebuild else projector.catch_up()
+            return {
+                "events": n,
+                "seconds": time.perf_counter() - started,
+                "checkpoints": projector.checkpoints(),
+            }
+        except FleetlogError as e:
+            return {"error": str(e)}
+
+    def sessions(self) -> SessionsView | None:
+        """The snapshot restarting hosts and the ledger start from; None while not open."""
+        if self.projector is None:
+            return None
+        try:
+            return sessions_view(self.projector)
+        except Exception:
+            log.exception("projections: could not read sessions")
+            return None
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.projector is not None:
+            self.projector.close()
+            self.projector = None

@@ -617,7 +617,7 @@ def _projections(home: Path, method: str, *args: Any) -> dict[str, Any]:
     DuckDB allows one read-write process per file: while a fleet runs, its
     projector owns ``projections.duckdb`` and this process only asks.
     """
-    from fleetlog.projections.service import ProjectionService
+    from fleetlog.projections.projector import Projector
 
     if (home / "fleet.json").exists():
         import ray
@@ -634,15 +634,18 @@ def _projections(home: Path, method: str, *args: Any) -> dict[str, Any]:
             # No fleet answering: fall through and open the projections here.
     if not partition_dirs(home / "log"):
         raise FleetlogError(f"no event log under {home} (looked in {home / 'log'})")
-    service = ProjectionService(home)
-    try:
+    started = time.perf_counter()
+    with Projector.open(home, wait_s=5.0) as projector:
+        n = projector.rebuild() if method == "project" and args[0] else projector.catch_up()
         if method == "query":
-            return service.query(*args)
+            return {"table": projector.query(*args)}
         if method == "health":
-            return service.health(*args)
-        return service.project(*args)
-    finally:
-        service.close()
+            return {"table": projector.health(*args)}
+        return {
+            "events": n,
+            "seconds": time.perf_counter() - started,
+            "checkpoints": projector.checkpoints(),
+        }
 
 
 def _answer(answer: dict[str, Any]) -> Any:

@@ -242,10 +242,14 @@ class Projector:
                 con = _connect(home / DB_FILE)
                 version = None
             projector = cls(home, con, lock_fd)
-            if version is None and not reason:
+            if reason:
+                pass
+            elif version is None:
                 projector._create_schema(con)
-            elif version is not None and version != SCHEMA_VERSION:
+            elif version != SCHEMA_VERSION:
                 reason = f"schema version {version}, this fleetlog writes {SCHEMA_VERSION}"
+            else:
+                reason = projector._ahead_of_log()
             if reason:
                 projector.rebuild()
                 projector.rebuilt_on_open = reason
@@ -297,14 +301,19 @@ class Projector:
             tail = self._tails[index] = LogTail(path)
         return tail
 
-    def step(self, limit: int = 100_000) -> int:
-        """One round: up to about ``limit`` new events, committed with their checkpoints."""
+    def step(self, limit: int = 100_000, *, commit: bool = True) -> int:
+        """One round: up to about ``limit`` new events, committed with their checkpoints.
+
+        ``commit=False`` is for crash tests: everything is done but the commit,
+        which is abandoned as a dying process's would be.
+        """
         with self._write:
             done = self.checkpoints()
             tables: list[pa.Table] = []
             moved: dict[int, int] = {}
-            share = max(limit // max(len(self._tails), 1), 1_000)
-            for index, path in partitions(self.home):
+            parts = partitions(self.home)
+            share = max(limit // max(len(parts), 1), 1)
+            for index, path in parts:
                 tail = self._tail(index, path)
                 with _gc_paused():
                     rows = tail.read(done.get(index, 0) + 1, share, rows=True)
@@ -316,7 +325,7 @@ class Projector:
             if not tables:
                 return 0
             batch = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-            self._apply(batch, moved)
+            self._apply(batch, moved, commit=commit)
             applied: int = batch.num_rows
             return applied
 
@@ -346,6 +355,14 @@ class Projector:
         while n := self.step(limit):
             total += n
         return total
+
+    def _ahead_of_log(self) -> str:
+        """Why the tables cannot be from this log (a checkpoint past its end), or ''."""
+        heads = {index: LogTail(path).head() for index, path in partitions(self.home)}
+        for index, position in self.checkpoints().items():
+            if position > heads.get(index, 0):
+                return f"ahead of the log (p{index} at {position}, log at {heads.get(index, 0)})"
+        return ""
 
     def lag(self) -> dict[int, int]:
         """Events per partition that are in the log but not yet projected."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from conftest import wait_until
 
 from fleetlog.actors.fleet import Fleet
 from fleetlog.actors.model import demo_tasks
@@ -15,6 +16,7 @@ from fleetlog.actors.runner import Command
 from fleetlog.config import Config, parse_config, parse_task, session_id_for
 from fleetlog.events.partitions import open_readers
 from fleetlog.events.schema import ModelResponded, SessionClaimed
+from fleetlog.events.tail import LogTail
 from fleetlog.events.verify import verify_log
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -123,3 +125,51 @@ def test_tenant_budget_is_fleet_wide(tmp_path: Path) -> None:
     assert exhausted, "a $0.02 budget cannot cover twelve sessions"
     assert sum(r["cost_usd"] for r in acme) <= 0.02 + 1e-9
     assert rows[session_id_for("other")]["status"] == "completed"  # another tenant is untouched
+
+
+def test_projections_follow_the_fleet_and_a_restart_starts_from_them(tmp_path: Path) -> None:
+    config = parse_config("[budgets.acme]\nmax_cost_usd = 100.0\n", source="test")
+    home = tmp_path / "home"
+    tasks = [{**t, "tenant": "acme"} for t in demo_tasks(24, seed=5)]
+    fleet = Fleet.start(home, config, hosts=2)
+    try:
+        ids = _submit(fleet, tasks)
+        rows = {r["id"]: r for r in fleet.wait_settled(ids, timeout=120)}
+        waiting = {sid for sid, r in rows.items() if r["status"] == "awaiting_review"}
+        assert waiting, "the demo mix has emails that need approval"
+        heads = {int(p.name[1:]): LogTail(p).head() for p in (home / "log").iterdir()}
+
+        # The projector tails the log on its own: no catch-up asked for.
+        def caught_up() -> bool:
+            view = ray.get(fleet.projector.sessions.remote())
+            return view is not None and view.checkpoints == heads
+
+        wait_until(caught_up, timeout=30)
+        answer = ray.get(
+            fleet.projector.query.remote("SELECT id, status, step_count FROM agent_executions")
+        )
+        projected = {r["id"]: r for r in answer["table"].to_pylist()}
+        assert {sid: (r["status"], r["step_count"]) for sid, r in projected.items()} == {
+            sid: (r["status"], r["step_count"]) for sid, r in rows.items()
+        }
+        bad = ray.get(fleet.projector.query.remote("DELETE FROM events"))
+        assert bad == {"error": "projections are read-only: only SELECT is allowed (got DELETE)"}
+        spent = ray.get(fleet.ledger.snapshot.remote())["acme"]["spent_usd"]
+    finally:
+        fleet.shutdown()
+
+    # A new fleet on the same home: hosts resume only what is unfinished, the
+    # ledger starts from budget_counters, the dispatcher routes from its directory.
+    fleet = Fleet.start(home, config, hosts=2)
+    try:
+        assert {r["id"] for r in fleet.statuses()} == waiting
+        assert ray.get(fleet.ledger.snapshot.remote())["acme"]["spent_usd"] == pytest.approx(
+            spent, abs=1e-9
+        )
+        sid = sorted(waiting)[0]
+        call = next(r for r in fleet.statuses() if r["id"] == sid)["reviews"][0]["call_id"]
+        assert fleet.command(sid, Command(kind="approve", call_id=call))
+        rows = {r["id"]: r for r in fleet.wait_settled({sid}, timeout=60)}
+        assert rows[sid]["status"] == "completed"
+    finally:
+        fleet.shutdown()

@@ -1,0 +1,578 @@
+"""DuckDB projections (SPEC §8): every column against a history computed by hand,
+incremental catch-up versus rebuild under crashes, metrics on a known fleet."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import math
+import random
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.histories import session_history, write_histories
+from fleetlog.events.errors import ProjectionError, QueryError
+from fleetlog.events.filelog import FileLog
+from fleetlog.events.schema import (
+    Event,
+    Limits,
+    ModelCallFailed,
+    ModelCallRequested,
+    ModelCallRetried,
+    ModelResponded,
+    ReviewDecided,
+    ReviewRequested,
+    SessionClaimed,
+    SessionCompleted,
+    SessionCreated,
+    SessionFailed,
+    ToolCallCompleted,
+    ToolCallFailed,
+    ToolCallProposed,
+    ToolCallRejected,
+    ToolCallStarted,
+    ToolCallVetted,
+)
+from fleetlog.events.state import fold
+from fleetlog.projections.projector import SCHEMA_VERSION, Projector, _SimulatedCrash
+
+TABLES = (
+    "events",
+    "agent_executions",
+    "agent_tool_calls",
+    "model_calls",
+    "budget_counters",
+    "agent_health_metrics",
+    "_checkpoints",
+)
+
+
+def snapshot(projector: Projector) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table and view, in a stable order."""
+    out = {}
+    with projector.cursor() as cur:
+        for name in TABLES:
+            rows = cur.execute(f"SELECT * FROM {name}").fetchall()
+            out[name] = sorted(rows, key=repr)
+    return out
+
+
+def ts(seconds: float) -> dt.datetime:
+    """What a log time becomes in DuckDB: UTC, microseconds, rounded half away from zero."""
+    micros = math.floor(seconds * 1e6 + 0.5)
+    return dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=micros)
+
+
+# --- a history written by hand, and every column expected by hand -----------------------------
+
+A: list[tuple[int, Event]] = [  # (epoch, event) of session s-a, partition 0
+    (0, SessionCreated(task_id="a", prompt="fix it", agent_type="coder", tenant="acme",
+                       model="m1", tools=["read_file", "send_email"], limits=Limits(max_steps=5))),
+    (1, SessionClaimed(owner="h0", epoch=1)),
+    (1, ModelCallRequested(step=1, request_id="a-1", model="m1")),
+    (1, ModelCallRetried(step=1, request_id="a-1", attempt=1, error="rate limited",
+                         status_code=429, delay_ms=100.0)),
+    (1, ModelResponded(step=1, request_id="a-1", model="m1", content="[]", stop_reason="tool_use",
+                       input_tokens=100, output_tokens=10, cache_read_tokens=5,
+                       cache_write_tokens=1, cost_usd=0.00045, latency_ms=200.0)),
+    (1, ToolCallProposed(step=1, call_id="c1", tool="read_file", input='{"path": "a.py"}')),
+    (1, ToolCallVetted(call_id="c1", verdict="allow", risk="read", rule="read_file")),
+    (1, ToolCallStarted(call_id="c1", idempotency_key="a:c1")),
+    (1, ToolCallCompleted(call_id="c1", output="print(1)", latency_ms=3.0)),
+    (1, ModelCallRequested(step=2, request_id="a-2", model="m1")),
+    (1, ModelResponded(step=2, request_id="a-2", model="m1", content="[]", stop_reason="tool_use",
+                       input_tokens=200, output_tokens=20, cost_usd=0.0009, latency_ms=300.0)),
+    (1, ToolCallProposed(step=2, call_id="c2", tool="send_email", input='{"to": "x@y"}')),
+    (1, ToolCallVetted(call_id="c2", verdict="ask", risk="external", reason="policy ask",
+                       rule="send_email")),
+    (1, ReviewRequested(call_id="c2", reason="send_email needs approval")),
+    (1, ReviewDecided(call_id="c2", approved=True, reviewer="alice", note="ok")),
+    (2, SessionClaimed(owner="h1", epoch=2)),
+    (2, ToolCallStarted(call_id="c2", idempotency_key="a:c2")),
+    (2, ToolCallCompleted(call_id="c2", output="sent", latency_ms=7.0)),
+    (2, ModelCallRequested(step=3, request_id="a-3", model="m1")),
+    (2, ModelResponded(step=3, request_id="a-3", model="m1", content="[]", stop_reason="end_turn",
+                       input_tokens=300, output_tokens=30, cost_usd=0.00135, latency_ms=100.0)),
+    (2, SessionCompleted(result="done")),
+]  # fmt: skip
+B: list[tuple[int, Event]] = [  # s-b, partition 1: a denied call, then the model fails
+    (0, SessionCreated(task_id="b", prompt="clean up", agent_type="coder", tenant="globex",
+                       model="m1")),
+    (1, SessionClaimed(owner="h1", epoch=1)),
+    (1, ModelCallRequested(step=1, request_id="b-1", model="m1")),
+    (1, ModelResponded(step=1, request_id="b-1", model="m1", content="[]", stop_reason="tool_use",
+                       input_tokens=50, output_tokens=5, cost_usd=0.000225, latency_ms=50.0)),
+    (1, ToolCallProposed(step=1, call_id="c3", tool="run_shell", input='{"command": "rm -rf /"}')),
+    (1, ToolCallVetted(call_id="c3", verdict="deny", risk="exec", reason="destructive",
+                       rule="run_shell(rm -rf *)")),
+    (1, ToolCallRejected(call_id="c3", reason="denied by policy")),
+    (1, ModelCallRequested(step=2, request_id="b-2", model="m1")),
+    (1, ModelCallFailed(step=2, request_id="b-2", error="overloaded", status_code=529)),
+    (1, SessionFailed(error="MODEL_ERROR: overloaded")),
+]  # fmt: skip
+C: list[tuple[int, Event]] = [  # s-c, partition 1: waiting for a human
+    (0, SessionCreated(task_id="c", prompt="mail", agent_type="support", tenant="acme")),
+    (1, SessionClaimed(owner="h1", epoch=1)),
+    (1, ModelCallRequested(step=1, request_id="c-1", model="scripted")),
+    (1, ModelResponded(step=1, request_id="c-1", model="scripted", content="[]",
+                       stop_reason="tool_use", input_tokens=10, output_tokens=1,
+                       cost_usd=0.000045, latency_ms=20.0)),
+    (1, ToolCallProposed(step=1, call_id="c4", tool="send_email", input="{}")),
+    (1, ToolCallVetted(call_id="c4", verdict="ask", risk="external", reason="needs approval")),
+    (1, ReviewRequested(call_id="c4", reason="needs approval")),
+]  # fmt: skip
+
+
+@pytest.fixture()
+def hand_fleet(tmp_path: Path) -> tuple[Path, dict[str, list[float]]]:
+    """The three sessions above, interleaved; returns (home, {session: [ts by seq]})."""
+    logs = [FileLog.open(tmp_path / "log" / f"p{i}") for i in range(2)]
+    streams = {"s-a": (logs[0], A), "s-b": (logs[1], B), "s-c": (logs[1], C)}
+    cursor = dict.fromkeys(streams, 0)
+    order = ["s-a", "s-b", "s-c"] * 21
+    for sid in order:
+        log, events = streams[sid]
+        i = cursor[sid]
+        if i < len(events):
+            epoch, event = events[i]
+            log.append(sid, [event], i, epoch)
+            cursor[sid] = i + 1
+    times = {}
+    for log in logs:
+        for env in log.read_all(1, 1000):
+            times.setdefault(env.session_id, []).append(env.ts)
+        log.close()
+    return tmp_path, times
+
+
+def test_every_column_matches_the_hand_computed_history(
+    hand_fleet: tuple[Path, dict[str, list[float]]],
+) -> None:
+    home, times = hand_fleet
+    a, b, c = (lambda seq, s=s: ts(times[s][seq - 1]) for s in ("s-a", "s-b", "s-c"))
+    with Projector.open(home) as projector:
+        assert projector.catch_up() == len(A) + len(B) + len(C)
+        q = projector.query
+
+        executions = {r["id"]: r for r in q("SELECT * FROM agent_executions").to_pylist()}
+        limits_a = json.loads(msgspec.json.encode(Limits(max_steps=5)))
+        limits_default = json.loads(msgspec.json.encode(Limits()))
+        expected_a = {
+            "id": "s-a", "tenant": "acme", "agent_type": "coder", "status": "completed",
+            "input_data": "fix it", "result": "done", "error": None,
+            "step_count": 3, "token_count": 660, "input_tokens": 600, "output_tokens": 60,
+            "cost_usd": Decimal("0.0027"), "restarts": 1,
+            "created_at": a(1), "updated_at": a(21), "completed_at": a(21),
+            "task_id": "a", "model": "m1", "partition": 0, "owner": "h1", "epoch": 2,
+            "seq": 21, "claims": 2, "ended_status": "completed", "pending_request": "",
+            "model_retries": 1, "compactions": 0, "cancel_requested": False,
+            "unknown_events": 0, "events": 21, "workspace": "", "awaiting_reviews": 0,
+        }  # fmt: skip
+        expected_b = {
+            "id": "s-b", "tenant": "globex", "agent_type": "coder", "status": "failed",
+            "input_data": "clean up", "result": None, "error": "MODEL_ERROR: overloaded",
+            "step_count": 2, "token_count": 55, "input_tokens": 50, "output_tokens": 5,
+            "cost_usd": Decimal("0.000225"), "restarts": 0,
+            "created_at": b(1), "updated_at": b(10), "completed_at": b(10),
+            "task_id": "b", "model": "m1", "partition": 1, "owner": "h1", "epoch": 1,
+            "seq": 10, "claims": 1, "ended_status": "failed", "pending_request": "",
+            "model_retries": 0, "compactions": 0, "cancel_requested": False,
+            "unknown_events": 0, "events": 10, "workspace": "", "awaiting_reviews": 0,
+        }  # fmt: skip
+        expected_c = {
+            "id": "s-c", "tenant": "acme", "agent_type": "support", "status": "awaiting_review",
+            "input_data": "mail", "result": None, "error": None,
+            "step_count": 1, "token_count": 11, "input_tokens": 10, "output_tokens": 1,
+            "cost_usd": Decimal("0.000045"), "restarts": 0,
+            "created_at": c(1), "updated_at": c(7), "completed_at": None,
+            "task_id": "c", "model": "scripted", "partition": 1, "owner": "h1", "epoch": 1,
+            "seq": 7, "claims": 1, "ended_status": None, "pending_request": "",
+            "model_retries": 0, "compactions": 0, "cancel_requested": False,
+            "unknown_events": 0, "events": 7, "workspace": "", "awaiting_reviews": 1,
+        }  # fmt: skip
+        for expected, limits, tools in (
+            (expected_a, limits_a, ["read_file", "send_email"]),
+            (expected_b, limits_default, []),
+            (expected_c, limits_default, []),
+        ):
+            row = dict(executions[expected["id"]])
+            assert json.loads(row.pop("limits")) == limits
+            assert json.loads(row.pop("tools")) == tools
+            state = json.loads(row.pop("state"))
+            assert state == {
+                "task_id": expected["task_id"], "model": expected["model"],
+                "owner": expected["owner"], "epoch": expected["epoch"], "seq": expected["seq"],
+                "pending_request": "", "cancel_requested": False,
+                "model_retries": expected["model_retries"], "compactions": 0,
+                "limits": limits, "tools": tools, "workspace": "",
+            }  # fmt: skip
+            assert row == expected
+
+        calls = {r["id"]: r for r in q("SELECT * FROM agent_tool_calls").to_pylist()}
+        none_review = {"review_requested_at": None, "reviewed_at": None, "reviewer": None,
+                       "review_note": None, "reviews": 0}  # fmt: skip
+        assert calls == {
+            "c1": {
+                "id": "c1", "execution_id": "s-a", "step_number": 1, "tool_name": "read_file",
+                "tool_input": '{"path": "a.py"}', "tool_output": "print(1)",
+                "status": "succeeded", "risk": "read", "verdict": "allow", "latency_ms": 3.0,
+                "error": None, "called_at": a(6), "reason": "", "rule": "read_file",
+                "in_doubt": False, **none_review, "attempts": 1, "idempotency_key": "a:c1",
+                "finished_at": a(9),
+            },
+            "c2": {
+                "id": "c2", "execution_id": "s-a", "step_number": 2, "tool_name": "send_email",
+                "tool_input": '{"to": "x@y"}', "tool_output": "sent", "status": "succeeded",
+                "risk": "external", "verdict": "ask", "latency_ms": 7.0, "error": None,
+                "called_at": a(12), "reason": "send_email needs approval", "rule": "send_email",
+                "in_doubt": False, "reviews": 1, "review_requested_at": a(14),
+                "reviewed_at": a(15), "reviewer": "alice", "review_note": "ok", "attempts": 1,
+                "idempotency_key": "a:c2", "finished_at": a(18),
+            },
+            "c3": {
+                "id": "c3", "execution_id": "s-b", "step_number": 1, "tool_name": "run_shell",
+                "tool_input": '{"command": "rm -rf /"}', "tool_output": None, "status": "denied",
+                "risk": "exec", "verdict": "deny", "latency_ms": None,
+                "error": "denied by policy", "called_at": b(5), "reason": "destructive",
+                "rule": "run_shell(rm -rf *)", "in_doubt": False, **none_review, "attempts": 0,
+                "idempotency_key": None, "finished_at": b(7),
+            },
+            "c4": {
+                "id": "c4", "execution_id": "s-c", "step_number": 1, "tool_name": "send_email",
+                "tool_input": "{}", "tool_output": None, "status": "awaiting_review",
+                "risk": "external", "verdict": "ask", "latency_ms": None, "error": None,
+                "called_at": c(5), "reason": "needs approval", "rule": "", "in_doubt": False,
+                "reviews": 1, "review_requested_at": c(7), "reviewed_at": None, "reviewer": None,
+                "review_note": None, "attempts": 0, "idempotency_key": None, "finished_at": None,
+            },
+        }  # fmt: skip
+
+        models = {r["request_id"]: r for r in q("SELECT * FROM model_calls").to_pylist()}
+
+        def responded(sid: str, step: int, model: str, tin: int, tout: int, cost: str,
+                      lat: float, stop: str, at: Any, resp: Any, *, cache: int = 0,
+                      cache_w: int = 0, retries: int = 0) -> dict[str, Any]:  # fmt: skip
+            return {
+                "execution_id": sid, "step_number": step, "model": model, "input_tokens": tin,
+                "output_tokens": tout, "cache_read_tokens": cache, "cost_usd": Decimal(cost),
+                "latency_ms": lat, "stop_reason": stop, "called_at": at,
+                "request_id": f"{sid[2:]}-{step}", "status": "responded",
+                "cache_write_tokens": cache_w, "retries": retries, "error": None,
+                "status_code": None, "responded_at": resp,
+            }  # fmt: skip
+
+        assert models == {
+            "a-1": responded("s-a", 1, "m1", 100, 10, "0.00045", 200.0, "tool_use", a(3), a(5),
+                             cache=5, cache_w=1, retries=1),
+            "a-2": responded("s-a", 2, "m1", 200, 20, "0.0009", 300.0, "tool_use", a(10), a(11)),
+            "a-3": responded("s-a", 3, "m1", 300, 30, "0.00135", 100.0, "end_turn", a(19), a(20)),
+            "b-1": responded("s-b", 1, "m1", 50, 5, "0.000225", 50.0, "tool_use", b(3), b(4)),
+            "b-2": {
+                "execution_id": "s-b", "step_number": 2, "model": "m1", "input_tokens": None,
+                "output_tokens": None, "cache_read_tokens": None, "cost_usd": None,
+                "latency_ms": None, "stop_reason": None, "called_at": b(8), "request_id": "b-2",
+                "status": "failed", "cache_write_tokens": None, "retries": 0,
+                "error": "overloaded", "status_code": 529, "responded_at": None,
+            },
+            "c-1": responded("s-c", 1, "scripted", 10, 1, "0.000045", 20.0, "tool_use", c(3),
+                             c(4)),
+        }  # fmt: skip
+
+        budgets = q("SELECT * FROM budget_counters ORDER BY tenant, agent_type").to_pylist()
+        assert budgets == [
+            {"tenant": "acme", "agent_type": "coder", "sessions": 1, "steps": 3, "tokens": 660,
+             "cost_usd": Decimal("0.0027")},
+            {"tenant": "acme", "agent_type": "support", "sessions": 1, "steps": 1, "tokens": 11,
+             "cost_usd": Decimal("0.000045")},
+            {"tenant": "globex", "agent_type": "coder", "sessions": 1, "steps": 2, "tokens": 55,
+             "cost_usd": Decimal("0.000225")},
+        ]  # fmt: skip
+
+        # Step latencies, by hand: coder 203 (200+3), 307 (300+7), 100, 50; support 20.
+        assert q("SELECT * FROM agent_health_metrics").to_pylist() == [
+            {"agent_type": "coder", "sessions": 2, "completion_rate": 0.5, "avg_steps": 2.5,
+             "tool_success_rate": 1.0, "human_review_rate": 0.3333,
+             "token_cost_per_completion": 0.002925, "p50_step_latency_ms": 151.5,
+             "p95_step_latency_ms": 291.4},
+            {"agent_type": "support", "sessions": 1, "completion_rate": None, "avg_steps": 1.0,
+             "tool_success_rate": None, "human_review_rate": 1.0,
+             "token_cost_per_completion": None, "p50_step_latency_ms": 20.0,
+             "p95_step_latency_ms": 20.0},
+        ]  # fmt: skip
+
+        events = q("SELECT * FROM events ORDER BY partition, position").to_pylist()
+        assert len(events) == len(A) + len(B) + len(C)
+        written = {"s-a": A, "s-b": B, "s-c": C}
+        for row in events:
+            epoch, event = written[row["session_id"]][row["seq"] - 1]
+            assert row["type"] == type(event).__name__
+            assert row["epoch"] == epoch
+            assert row["ts"] == ts(times[row["session_id"]][row["seq"] - 1])
+            assert json.loads(row["data"]) == json.loads(msgspec.json.encode(event))
+        assert [r["position"] for r in events if r["partition"] == 0] == list(range(1, 22))
+        assert [r["position"] for r in events if r["partition"] == 1] == list(range(1, 18))
+        assert projector.checkpoints() == {0: 21, 1: 17}
+
+
+def test_a_time_window_and_an_agent_filter(
+    hand_fleet: tuple[Path, dict[str, list[float]]],
+) -> None:
+    home, times = hand_fleet
+    with Projector.open(home) as projector:
+        projector.catch_up()
+        only_support = projector.health(agent_type="support").to_pylist()
+        assert [r["agent_type"] for r in only_support] == ["support"]
+        # s-b and s-c were created after s-a: a window starting between them drops s-a.
+        after_a = ts(times["s-a"][0]) + dt.timedelta(microseconds=1)
+        rows = {r["agent_type"]: r for r in projector.health(since=after_a).to_pylist()}
+        assert rows["coder"]["sessions"] == 1  # s-b only
+        assert rows["coder"]["completion_rate"] == 0.0
+        assert rows["coder"]["p50_step_latency_ms"] == 50.0
+        assert projector.health(since=dt.datetime(2999, 1, 1)).num_rows == 0
+
+
+# --- incremental versus rebuild, with crashes -------------------------------------------------
+
+
+def _write_random_fleet(home: Path, rng: random.Random, sessions: int, parts: int) -> int:
+    histories = {
+        f"s-{i:03d}": session_history(rng, f"s-{i:03d}", max_steps=rng.randint(1, 6))
+        for i in range(sessions)
+    }
+    logs = [
+        FileLog.open(home / "log" / f"p{i}", segment_bytes=rng.choice((2048, 64 * 1024)))
+        for i in range(parts)
+    ]
+    try:
+        return write_histories(logs, histories, rng)
+    finally:
+        for log in logs:
+            log.close()
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    sessions=st.integers(1, 12),
+    parts=st.integers(1, 3),
+    plan=st.lists(st.tuples(st.integers(1, 80), st.booleans(), st.booleans()), max_size=25),
+)
+def test_incremental_with_crashes_equals_rebuild(
+    tmp_path_factory: pytest.TempPathFactory,
+    seed: int,
+    sessions: int,
+    parts: int,
+    plan: list[tuple[int, bool, bool]],
+) -> None:
+    home = tmp_path_factory.mktemp("fleet")
+    rng = random.Random(seed)
+    total = _write_random_fleet(home, rng, sessions, parts)
+    projector = Projector.open(home)
+    try:
+        # Random chunk sizes; some rounds crash before their commit, some close and reopen.
+        for size, crash, reopen in plan:
+            before = projector.checkpoints()
+            if crash:
+                with contextlib.suppress(_SimulatedCrash):  # (nothing left: no round at all)
+                    projector.step(size, commit=False)
+                assert projector.checkpoints() == before  # nothing of it stayed
+            else:
+                projector.step(size)
+            if reopen:
+                projector.close()
+                projector = Projector.open(home)
+        projector.catch_up()
+        incremental = snapshot(projector)
+        assert len(incremental["events"]) == total
+        projector.rebuild(workers=1)
+        assert snapshot(projector) == incremental
+        # And the projection agrees with the pure fold of every stream.
+        rows = {r["id"]: r for r in projector.query("FROM agent_executions").to_pylist()}
+        calls = {
+            (r["execution_id"], r["id"]): r
+            for r in projector.query("FROM agent_tool_calls").to_pylist()
+        }
+    finally:
+        projector.close()
+    for path in sorted((home / "log").iterdir()):
+        with FileLog.open(path, readonly=True) as log:
+            for sid in log.session_ids():
+                state = fold(sid, log.read_stream(sid))
+                row = rows[sid]
+                assert row["status"] == state.status
+                assert row["step_count"] == state.step
+                assert row["input_tokens"] == state.input_tokens
+                assert row["output_tokens"] == state.output_tokens
+                assert float(row["cost_usd"]) == pytest.approx(state.cost_usd, abs=1e-9)
+                assert row["restarts"] == state.restarts
+                assert (row["error"] or "") == state.error
+                assert (row["result"] or "") == state.result
+                assert row["owner"] == (state.owner or None)
+                assert row["epoch"] == state.epoch
+                assert row["seq"] == state.seq
+                assert row["pending_request"] == state.pending_request
+                assert row["model_retries"] == state.model_retries
+                assert row["compactions"] == state.compactions
+                assert row["cancel_requested"] == state.cancel_requested
+                assert row["created_at"] == ts(state.created_at)
+                assert row["updated_at"] == ts(state.updated_at)
+                if state.completed_at is None:
+                    assert row["completed_at"] is None
+                else:
+                    assert row["completed_at"] == ts(state.completed_at)
+                for call in state.tool_calls.values():
+                    got = calls[(sid, call.call_id)]
+                    assert got["status"] == call.status
+                    assert (got["verdict"] or "") == call.verdict
+                    assert (got["risk"] or "") == call.risk
+                    assert (got["reason"] or "") == call.reason
+                    assert (got["error"] or "") == call.error
+                    assert (got["tool_output"] or "") == call.output
+                    assert got["attempts"] == call.attempts
+                    assert got["in_doubt"] == call.in_doubt
+                    assert (got["idempotency_key"] or "") == call.idempotency_key
+
+
+# --- metrics on a known fleet ------------------------------------------------------------------
+
+
+def test_metrics_on_a_generated_fleet_equal_values_computed_from_the_folds(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(2026)
+    _write_random_fleet(tmp_path, rng, 60, 2)
+    with Projector.open(tmp_path) as projector:
+        projector.catch_up()
+        got = {r["agent_type"]: r for r in projector.query("FROM agent_health_metrics").to_pylist()}
+    states = []
+    work: dict[tuple[str, int], float] = {}  # (session, step) -> model + tool latency
+    for path in sorted((tmp_path / "log").iterdir()):
+        with FileLog.open(path, readonly=True) as log:
+            for sid in log.session_ids():
+                stream = log.read_stream(sid)
+                state = fold(sid, stream)
+                states.append(state)
+                for env in stream:
+                    ev = env.event
+                    if isinstance(ev, ModelResponded):
+                        step = ev.step
+                    elif isinstance(ev, ToolCallCompleted | ToolCallFailed):
+                        step = state.tool_calls[ev.call_id].step
+                    else:
+                        continue
+                    work[(sid, step)] = work.get((sid, step), 0.0) + ev.latency_ms
+    for agent in {s.agent_type for s in states}:
+        mine = [s for s in states if s.agent_type == agent]
+        ended = [s for s in mine if s.terminal]
+        completed = [s for s in mine if s.status == "completed"]
+        all_calls = [c for s in mine for c in s.tool_calls.values()]
+        ran = [c for c in all_calls if c.status in ("succeeded", "failed")]
+        ids = {s.session_id for s in mine}
+        lat = sorted(v for (sid, _step), v in work.items() if sid in ids)
+        row = got[agent]
+        assert row["sessions"] == len(mine)
+        assert row["completion_rate"] == pytest.approx(
+            round(len(completed) / len(ended), 4) if ended else None
+        )
+        assert row["avg_steps"] == pytest.approx(round(sum(s.step for s in mine) / len(mine), 2))
+        assert row["tool_success_rate"] == pytest.approx(
+            round(sum(c.status == "succeeded" for c in ran) / len(ran), 4) if ran else None
+        )
+        # The generated fleet sends exactly the `ask` verdicts to a human.
+        reviewed = sum(1 for c in all_calls if c.verdict == "ask")
+        assert row["human_review_rate"] == pytest.approx(
+            round(reviewed / len(all_calls), 4) if all_calls else None
+        )
+        cost = sum(s.cost_usd for s in mine)
+        assert row["token_cost_per_completion"] == pytest.approx(
+            round(cost / len(completed), 6) if completed else None, abs=1e-6
+        )
+        assert row["p50_step_latency_ms"] == pytest.approx(round(_quantile(lat, 0.5), 2), abs=0.01)
+        assert row["p95_step_latency_ms"] == pytest.approx(round(_quantile(lat, 0.95), 2), abs=0.01)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (DuckDB's quantile_cont)."""
+    position = (len(values) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (position - low)
+
+
+# --- opening, locking, refusing ----------------------------------------------------------------
+
+
+def test_a_second_owner_is_refused_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "log").mkdir()
+    with (
+        Projector.open(tmp_path),
+        pytest.raises(ProjectionError, match="open in another process"),
+    ):
+        Projector.open(tmp_path, wait_s=0.2)
+
+
+def test_user_sql_is_read_only_and_errors_are_one_line(
+    hand_fleet: tuple[Path, dict[str, list[float]]],
+) -> None:
+    home, _ = hand_fleet
+    with Projector.open(home) as projector:
+        projector.catch_up()
+        for sql, message in (
+            ("DELETE FROM events", "only SELECT is allowed (got DELETE)"),
+            ("DROP TABLE events", "only SELECT is allowed (got DROP)"),
+            ("COPY events TO '/tmp/x.csv'", "only SELECT is allowed (got COPY)"),
+            ("SELECT 1; DELETE FROM events", "exactly one SQL statement"),
+            ("SELEC 1", "Parser Error"),
+            ("SELECT nope FROM events", "Binder Error"),
+        ):
+            with pytest.raises(QueryError, match=re.escape(message)) as info:
+                projector.query(sql)
+            assert "\n" not in str(info.value)
+        assert projector.query("SELECT count(*) AS n FROM events").to_pylist() == [{"n": 38}]
+        assert projector.query("EXPLAIN SELECT * FROM events").num_rows >= 1
+
+
+def test_a_file_from_another_version_or_unreadable_is_rebuilt(
+    hand_fleet: tuple[Path, dict[str, list[float]]],
+) -> None:
+    home, _ = hand_fleet
+    with Projector.open(home) as projector:
+        projector.catch_up()
+        before = snapshot(projector)
+        projector.con.execute("UPDATE _meta SET value = 'old' WHERE key = 'schema_version'")
+    with Projector.open(home) as projector:
+        assert "schema version old" in projector.rebuilt_on_open
+        assert snapshot(projector) == before
+        assert projector.query("SELECT value FROM _meta").to_pylist() == [{"value": SCHEMA_VERSION}]
+    (home / "projections.duckdb").write_bytes(b"this is not a database" * 100)
+    with Projector.open(home) as projector:
+        assert "unreadable" in projector.rebuilt_on_open
+        assert snapshot(projector) == before
+
+
+def test_projections_ahead_of_the_log_are_rebuilt(tmp_path: Path) -> None:
+    # E.g. a home restored from a backup older than its projections file.
+    log = FileLog.open(tmp_path / "log" / "p0")
+    log.append("s-x", [SessionCreated(task_id="x", prompt="p")], 0)
+    log.append("s-x", [SessionClaimed(owner="h", epoch=1)], 1, 1)
+    log.close()
+    with Projector.open(tmp_path) as projector:
+        projector.catch_up()
+        projector.con.execute("UPDATE _checkpoints SET position = 5")
+    with Projector.open(tmp_path) as projector:
+        assert "ahead of the log (p0 at 5, log at 2)" in projector.rebuilt_on_open
+        assert projector.checkpoints() == {0: 2}
+        rows = projector.query("SELECT id, status FROM agent_executions").to_pylist()
+        assert rows == [{"id": "s-x", "status": "running"}]

@@ -48,7 +48,7 @@ from fleetlog.events.blobs import BlobStore
 from fleetlog.events.codec import EnvelopeRow
 from fleetlog.events.errors import ProjectionError, QueryError
 from fleetlog.events.partitions import partition_dirs
-from fleetlog.events.schema import BlobRef
+from fleetlog.events.schema import EVENT_TYPES, BlobRef
 from fleetlog.events.tail import LogTail, read_segment, segment_bases
 
 __all__ = [
@@ -93,17 +93,21 @@ _FIELDS: Final = {
     **dict.fromkeys(["is_error", "approved", "in_doubt"], "BOOLEAN"),
     **dict.fromkeys(["limits", "tools"], "JSON"),
 }
-#: An Arrow batch as rows of ``_new``: times to TIMESTAMP (µs, UTC), the event's
-#: type from its own tag, its fields parsed once.
+#: An Arrow batch as rows of ``_new`` (what ``apply.sql`` folds): times to
+#: TIMESTAMP (µs, UTC), each event's fields parsed once into ``f``.
 _NEW_ROWS: Final = f"""
-SELECT "partition", position, session_id, seq, epoch, f.type AS type,
-       make_timestamp(round(ts * 1e6)::BIGINT) AS ts, data::JSON AS data, f
-FROM (SELECT *, json_transform(data, '{json.dumps(_FIELDS)}') AS f FROM _batch)
+SELECT "partition", position, session_id, seq, epoch, type,
+       make_timestamp(round(ts * 1e6)::BIGINT) AS ts,
+       json_transform(data, '{json.dumps(_FIELDS)}') AS f
+FROM _batch
 """
-_EVENTS_FROM_NEW: Final = (
-    'INSERT INTO events SELECT "partition", position, session_id, seq, epoch, type, ts, data '
-    "FROM _new"
-)
+#: The same batch into ``events``, the data checked as JSON on the way in.
+_EVENTS_FROM_BATCH: Final = """
+INSERT INTO events
+SELECT "partition", position, session_id, seq, epoch, type,
+       make_timestamp(round(ts * 1e6)::BIGINT), data::JSON
+FROM _batch
+"""
 
 _ARROW_SCHEMA: Final = pa.schema(
     [
@@ -112,13 +116,13 @@ _ARROW_SCHEMA: Final = pa.schema(
         ("session_id", pa.string()),
         ("seq", pa.int64()),
         ("epoch", pa.int64()),
+        ("type", pa.string()),
         ("ts", pa.float64()),
         ("data", pa.string()),
     ]
 )
 _json = msgspec.json.Encoder()
-#: A rebuild folds its events into the tables this many at a time.
-_REBUILD_FOLD_EVERY: Final = 2_000_000
+_TYPE_NAMES: Final = {t: t.__name__ for t in EVENT_TYPES}
 #: Below this many events a rebuild decodes in-process (a pool costs ~1 s to start).
 _POOL_MIN_EVENTS: Final = 400_000
 _READ_ONLY: Final = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
@@ -147,6 +151,7 @@ def rows_to_arrow(rows: list[EnvelopeRow], partition: int, blobs: BlobStore | No
         # One line per event (JSON text never holds a raw newline), split in C++.
         text = pa.array([lines[:-1]], pa.binary()).cast(pa.string())
         data = pc.split_pattern(text, "\n").flatten()
+        types = list(map(_TYPE_NAMES.__getitem__, map(type, events)))
         return pa.Table.from_arrays(
             [
                 pa.array([partition] * len(rows), pa.int32()),
@@ -154,6 +159,7 @@ def rows_to_arrow(rows: list[EnvelopeRow], partition: int, blobs: BlobStore | No
                 pa.array(sids, pa.string()),
                 pa.array(seqs, pa.int64()),
                 pa.array(epochs, pa.int64()),
+                pa.array(types, pa.string()),
                 pa.array(times, pa.float64()),
                 data,
             ],
@@ -334,6 +340,7 @@ class Projector:
         con.execute("BEGIN")
         try:
             con.register("_batch", batch)
+            con.execute(_EVENTS_FROM_BATCH)
             con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {_NEW_ROWS}")
             _fold_new(con)
             for index, position in moved.items():
@@ -395,22 +402,24 @@ class Projector:
                         jobs.append((str(path), index, str(seg), head))
             total_events = sum(heads.values())
             con.execute("BEGIN")
-            # Segments go into ``_new`` and are folded a few million events at a
-            # time: the merges are associative, and memory stays bounded.
-            pending = 0
-            for table in _segment_tables(jobs, total_events, workers):
+            # One partition at a time: a session's stream never leaves its
+            # partition, so each fold meets only sessions the tables do not hold
+            # yet, and runs against empty stand-ins (temp tables of the same
+            # names, which DuckDB resolves first): no merge cost, then one append.
+            current = None
+            for job, table in zip(jobs, _segment_tables(jobs, total_events, workers), strict=True):
                 con.register("_batch", table)
-                if pending == 0:
+                con.execute(_EVENTS_FROM_BATCH)
+                if job[1] != current:
+                    if current is not None:
+                        _fold_fresh(con)
+                    current = job[1]
                     con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {_NEW_ROWS}")
                 else:
                     con.execute(f"INSERT INTO _new {_NEW_ROWS}")
                 con.unregister("_batch")
-                pending += table.num_rows
-                if pending >= _REBUILD_FOLD_EVERY:
-                    _fold_new(con)
-                    pending = 0
-            if pending:
-                _fold_new(con)
+            if current is not None:
+                _fold_fresh(con)
             for index, head in heads.items():
                 if head:
                     con.execute("INSERT INTO _checkpoints VALUES (?, ?)", [index, head])
@@ -457,9 +466,24 @@ class Projector:
         return self.query(f"SELECT * FROM agent_health({', '.join(args)})", params)
 
 
+_FOLDED: Final = ("agent_executions", "agent_tool_calls", "model_calls")
+
+
+def _fold_fresh(con: duckdb.DuckDBPyConnection) -> None:
+    """``_fold_new`` for sessions none of the tables holds yet (a rebuild's partition)."""
+    row = con.execute("SELECT current_database()").fetchone()
+    assert row is not None
+    db = '"' + str(row[0]).replace('"', '""') + '"'  # the file's catalog, not temp's "main"
+    for name in _FOLDED:
+        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {db}.main.{name} LIMIT 0")
+    _fold_new(con)
+    for name in _FOLDED:
+        con.execute(f"INSERT INTO {db}.main.{name} SELECT * FROM temp.main.{name}")
+        con.execute(f"DROP TABLE temp.main.{name}")
+
+
 def _fold_new(con: duckdb.DuckDBPyConnection) -> None:
-    """``_new`` into ``events`` and every other table; ``_new`` is dropped."""
-    con.execute(_EVENTS_FROM_NEW)
+    """Fold ``_new`` into the tables other than ``events``; ``_new`` is dropped."""
     con.execute(APPLY_SQL)
     con.execute("DROP TABLE _new")
 

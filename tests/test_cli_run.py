@@ -200,6 +200,16 @@ def test_up_submit_approve_down(tmp_path: Path) -> None:
         while not list((home / "outbox").glob("*.eml")):
             assert time.monotonic() < deadline, "the approved email never went out"
             time.sleep(0.1)
+        # The fleet's projector owns projections.duckdb; the CLI asks it (through Ray,
+        # token auth on) instead of opening the file.
+        query = "SELECT id, status FROM agent_executions ORDER BY id"
+        answer = fleetlog("sql", query, "--json", "--home", str(home), env=env)
+        assert answer.returncode == 0, answer.stderr
+        assert "s-e1" in {r["id"] for r in json.loads(answer.stdout)}
+        rebuilt = fleetlog("project", "--rebuild", "--home", str(home), env=env)
+        assert rebuilt.returncode == 0 and "rebuilt from" in rebuilt.stdout, rebuilt.stderr
+        bad = fleetlog("sql", "DROP TABLE events", "--home", str(home), env=env)
+        assert bad.returncode == 1 and "read-only" in bad.stderr
     finally:
         down = fleetlog("down", "--home", str(home), env=env)
     assert down.returncode == 0, down.stderr

@@ -36,8 +36,9 @@ _IN_FLIGHT = 1_000
 def generate(log_root: Path, sessions: int, events: int, seed: int = 7) -> int:
     """Write a fleet's log; returns the number of events written."""
     per_session = events / sessions
-    # A step is ~7 events; end_rate keeps sessions near the asked-for length.
-    max_steps = max(int(per_session / 7 * 2), 2)
+    # A step is ~6.5 events and the step count is uniform in 1..max_steps; a low
+    # end_rate keeps most sessions from ending early, so the mean is near the ask.
+    max_steps = max(int(per_session / 6.5 * 2.4), 2)
     logs = [FileLog.open(log_root / f"p{i}") for i in range(2)]
     written = 0
 
@@ -46,7 +47,7 @@ def generate(log_root: Path, sessions: int, events: int, seed: int = 7) -> int:
         async with gate:
             sid = f"s-bench-{index:06d}"
             rng = random.Random(seed * 1_000_003 + index)
-            history: list[Append] = session_history(rng, sid, max_steps=max_steps, end_rate=0.05)
+            history: list[Append] = session_history(rng, sid, max_steps=max_steps, end_rate=0.01)
             log = logs[index % 2]
             seq = 0
             for append in history:

@@ -261,6 +261,7 @@ def _summary(rows: list[dict[str, Any]], elapsed: float, *, settled: frozenset[s
     unsettled = [r for r in rows if r["status"] not in settled]
     if unsettled:
         _out(f"{len(unsettled)} session(s) still running: re-run to resume them")
+    _out('ask the log anything: fleetlog metrics · fleetlog sql "SELECT … FROM agent_tool_calls"')
 
 
 # --- a long-running fleet: up / down / submit ----------------------------------------------

@@ -381,12 +381,16 @@ class Projector:
 
     # --- rebuilding ------------------------------------------------------------------------
 
-    def rebuild(self, *, workers: int | None = None) -> int:
-        """Drop everything and project the whole log again; the number of events."""
-        with self._write:
-            return self._rebuild(workers)
+    def rebuild(self, *, workers: int | None = None, pool_from: int = _POOL_MIN_EVENTS) -> int:
+        """Drop everything and project the whole log again; the number of events.
 
-    def _rebuild(self, workers: int | None) -> int:
+        Logs of ``pool_from`` events or more are decoded by ``workers`` processes
+        (default: one per core).
+        """
+        with self._write:
+            return self._rebuild(workers, pool_from)
+
+    def _rebuild(self, workers: int | None, pool_from: int) -> int:
         tmp = self.path.with_name(DB_FILE + ".rebuild")
         _remove_db(tmp)
         con = _connect(tmp)
@@ -407,7 +411,8 @@ class Projector:
             # yet, and runs against empty stand-ins (temp tables of the same
             # names, which DuckDB resolves first): no merge cost, then one append.
             current = None
-            for job, table in zip(jobs, _segment_tables(jobs, total_events, workers), strict=True):
+            tables = _segment_tables(jobs, workers if total_events >= pool_from else 1)
+            for job, table in zip(jobs, tables, strict=True):
                 con.register("_batch", table)
                 con.execute(_EVENTS_FROM_BATCH)
                 if job[1] != current:
@@ -502,10 +507,10 @@ def _check_contiguous(index: int, done: int, rows: list[EnvelopeRow]) -> None:
 
 
 def _segment_tables(
-    jobs: list[tuple[str, int, str, int]], total_events: int, workers: int | None
+    jobs: list[tuple[str, int, str, int]], workers: int | None
 ) -> Iterator[pa.Table]:
     workers = workers if workers is not None else (os.cpu_count() or 1)
-    if workers <= 1 or total_events < _POOL_MIN_EVENTS or len(jobs) < 2:
+    if workers <= 1 or len(jobs) < 2:
         for job in jobs:
             yield _segment_table(*job)
         return

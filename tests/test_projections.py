@@ -445,6 +445,15 @@ def test_incremental_with_crashes_equals_rebuild(
                     assert (got["idempotency_key"] or "") == call.idempotency_key
 
 
+def test_a_rebuild_decoded_by_a_process_pool_gives_the_same_rows(tmp_path: Path) -> None:
+    total = _write_random_fleet(tmp_path, random.Random(3), 60, 2)
+    with Projector.open(tmp_path) as projector:
+        projector.catch_up()
+        incremental = snapshot(projector)
+        assert projector.rebuild(workers=2, pool_from=0) == total
+        assert snapshot(projector) == incremental
+
+
 # --- metrics on a known fleet ------------------------------------------------------------------
 
 

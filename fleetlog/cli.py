@@ -637,7 +637,13 @@ def _projections(home: Path, method: str, *args: Any) -> dict[str, Any]:
         raise FleetlogError(f"no event log under {home} (looked in {home / 'log'})")
     started = time.perf_counter()
     with Projector.open(home, wait_s=5.0) as projector:
-        n = projector.rebuild() if method == "project" and args[0] else projector.catch_up()
+        if projector.rebuilt_on_open:  # another version's file, say: rebuilt already
+            _err(f"fleetlog: projections rebuilt: {projector.rebuilt_on_open}")
+            n = sum(projector.checkpoints().values()) + projector.catch_up()
+        elif method == "project" and args[0]:
+            n = projector.rebuild()
+        else:
+            n = projector.catch_up()
         if method == "query":
             return {"table": projector.query(*args)}
         if method == "health":

@@ -139,6 +139,42 @@ WHERE t.execution_id = b.execution_id AND t.id = b.id;
 
 INSERT INTO agent_tool_calls BY NAME SELECT * FROM _tc_rows;
 
+-- steps: latency a step spent working (its model calls + its tool calls), -------------
+-- recomputed for every step the batch touched; exact sums (DECIMAL).
+CREATE OR REPLACE TEMP TABLE _st AS
+SELECT DISTINCT execution_id, step_number
+FROM (SELECT execution_id, step_number FROM _mc_rows
+      UNION ALL
+      SELECT execution_id, step_number FROM _tc_rows)
+WHERE step_number IS NOT NULL;
+
+CREATE OR REPLACE TEMP TABLE _st_rows AS
+WITH m AS (
+    SELECT m.execution_id, m.step_number, sum(m.latency_ms::DECIMAL(18, 6)) AS ms
+    FROM model_calls m SEMI JOIN _st k
+        ON m.execution_id = k.execution_id AND m.step_number = k.step_number
+    WHERE m.status = 'responded' AND m.latency_ms IS NOT NULL
+    GROUP BY m.execution_id, m.step_number
+), t AS (
+    SELECT t.execution_id, t.step_number, sum(t.latency_ms::DECIMAL(18, 6)) AS ms
+    FROM agent_tool_calls t SEMI JOIN _st k
+        ON t.execution_id = k.execution_id AND t.step_number = k.step_number
+    WHERE t.latency_ms IS NOT NULL
+    GROUP BY t.execution_id, t.step_number
+)
+SELECT k.execution_id, k.step_number, m.ms AS model_ms, t.ms AS tool_ms
+FROM _st k
+LEFT JOIN m ON m.execution_id = k.execution_id AND m.step_number = k.step_number
+LEFT JOIN t ON t.execution_id = k.execution_id AND t.step_number = k.step_number;
+
+DELETE FROM agent_steps s USING _st k
+WHERE s.execution_id = k.execution_id AND s.step_number = k.step_number;
+
+INSERT INTO agent_steps BY NAME
+SELECT *, coalesce(model_ms, 0) + coalesce(tool_ms, 0) AS latency_ms
+FROM _st_rows
+WHERE model_ms IS NOT NULL OR tool_ms IS NOT NULL;
+
 -- sessions, one row each ----------------------------------------------------------
 CREATE OR REPLACE TEMP TABLE _ex AS
 SELECT session_id AS id,
@@ -239,4 +275,5 @@ SELECT *,
 FROM _ex_merged;
 
 DROP TABLE _mc; DROP TABLE _mc_rows; DROP TABLE _tc; DROP TABLE _tc_rows;
+DROP TABLE _st; DROP TABLE _st_rows;
 DROP TABLE _ex; DROP TABLE _aw; DROP TABLE _ex_merged;

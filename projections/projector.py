@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 #: Bump when tables.sql or apply.sql change what a row holds: older files are rebuilt.
-SCHEMA_VERSION: Final = "1"
+SCHEMA_VERSION: Final = "2"
 DB_FILE: Final = "projections.duckdb"
 LOCK_FILE: Final = "projections.lock"
 
@@ -471,7 +471,7 @@ class Projector:
         return self.query(f"SELECT * FROM agent_health({', '.join(args)})", params)
 
 
-_FOLDED: Final = ("agent_executions", "agent_tool_calls", "model_calls")
+_FOLDED: Final = ("agent_executions", "agent_tool_calls", "model_calls", "agent_steps")
 
 
 def _fold_fresh(con: duckdb.DuckDBPyConnection) -> None:

@@ -108,6 +108,15 @@ CREATE TABLE model_calls (
     responded_at       TIMESTAMP
 );
 
+-- One row per step that did work: what the step-latency percentiles are taken over.
+CREATE TABLE agent_steps (
+    execution_id VARCHAR NOT NULL,
+    step_number  INTEGER NOT NULL,
+    model_ms     DECIMAL(18, 6),   -- its answered model call(s)
+    tool_ms      DECIMAL(18, 6),   -- its tool calls
+    latency_ms   DECIMAL(18, 6) NOT NULL
+);
+
 -- Spending per tenant and agent type: what the BudgetLedger is rebuilt from.
 CREATE VIEW budget_counters AS
 SELECT tenant, agent_type,
@@ -149,18 +158,11 @@ calls AS (
     FROM agent_tool_calls c JOIN s ON c.execution_id = s.id
     GROUP BY s.agent_type
 ),
-work AS (
-    SELECT execution_id, step_number, latency_ms FROM model_calls WHERE status = 'responded'
-    UNION ALL
-    SELECT execution_id, step_number, latency_ms FROM agent_tool_calls WHERE latency_ms IS NOT NULL
-),
 steps AS (
     SELECT s.agent_type,
-           quantile_cont(w.latency_ms, 0.5) AS p50,
-           quantile_cont(w.latency_ms, 0.95) AS p95
-    FROM (SELECT execution_id, step_number, sum(latency_ms) AS latency_ms
-          FROM work GROUP BY execution_id, step_number) w
-    JOIN s ON w.execution_id = s.id
+           quantile_cont(w.latency_ms::DOUBLE, 0.5) AS p50,
+           quantile_cont(w.latency_ms::DOUBLE, 0.95) AS p95
+    FROM agent_steps w JOIN s ON w.execution_id = s.id
     GROUP BY s.agent_type
 )
 SELECT a.agent_type,

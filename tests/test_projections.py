@@ -49,6 +49,7 @@ TABLES = (
     "agent_executions",
     "agent_tool_calls",
     "model_calls",
+    "agent_steps",
     "budget_counters",
     "agent_health_metrics",
     "_checkpoints",
@@ -296,6 +297,15 @@ def test_every_column_matches_the_hand_computed_history(
              "cost_usd": Decimal("0.000225")},
         ]  # fmt: skip
 
+        steps = q("SELECT * FROM agent_steps ORDER BY execution_id, step_number").to_pylist()
+        d = Decimal
+        assert [tuple(r.values()) for r in steps] == [
+            ("s-a", 1, d("200"), d("3"), d("203")),
+            ("s-a", 2, d("300"), d("7"), d("307")),
+            ("s-a", 3, d("100"), None, d("100")),
+            ("s-b", 1, d("50"), None, d("50")),  # b-2 failed: no work recorded
+            ("s-c", 1, d("20"), None, d("20")),
+        ]
         # Step latencies, by hand: coder 203 (200+3), 307 (300+7), 100, 50; support 20.
         assert q("SELECT * FROM agent_health_metrics").to_pylist() == [
             {"agent_type": "coder", "sessions": 2, "completion_rate": 0.5, "avg_steps": 2.5,

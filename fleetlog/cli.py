@@ -661,6 +661,27 @@ def _answer(answer: dict[str, Any]) -> Any:
     return answer.get("table", answer)
 
 
+def _interval(value: Any) -> str | None:
+    """A SQL INTERVAL (Arrow month-day-nano or a timedelta) as text like 2 days 03:04:05.5."""
+    import datetime
+
+    if isinstance(value, datetime.timedelta):
+        months, days, nanos = 0, value.days, (value.seconds * 10**6 + value.microseconds) * 1000
+    elif type(value).__name__ == "MonthDayNano":
+        months, days, nanos = value.months, value.days, value.nanoseconds
+    else:
+        return None
+    seconds, frac = divmod(nanos, 10**9)
+    text = f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    if frac:
+        text += f".{frac:09d}".rstrip("0")
+    parts = [
+        f"{months} mon" if months else "",
+        f"{days} day{'s' if days != 1 else ''}" if days else "",
+    ]
+    return " ".join(p for p in [*parts, text] if p)
+
+
 def _jsonable(value: Any) -> Any:
     import datetime
     import decimal
@@ -671,7 +692,8 @@ def _jsonable(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, bytes):
         return value.hex()
-    return value
+    interval = _interval(value)
+    return value if interval is None else interval
 
 
 def _cell(value: Any) -> str:
@@ -686,7 +708,8 @@ def _cell(value: Any) -> str:
         return value.isoformat(sep=" ", timespec="milliseconds")
     if isinstance(value, float):
         return f"{value:.6g}" if abs(value) < 1e15 else repr(value)
-    return str(value)
+    interval = _interval(value)
+    return str(value) if interval is None else interval
 
 
 def _print_arrow(table: Any, fmt: str) -> None:
@@ -705,10 +728,17 @@ def _print_arrow(table: Any, fmt: str) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        cells = [[_cell(r[n]) for n in names] for r in rows]
+        # Wide enough that no header or value is cut (a terminal may wrap it).
+        widths = [
+            max([len(n), *(len(row[i]) for row in cells[:1000])]) for i, n in enumerate(names)
+        ]
         view = Table(*names)
-        for r in rows:
-            view.add_row(*(_cell(r[n]) for n in names))
-        Console(width=max(120, len(names) * 16), highlight=False).print(view)
+        for row in cells:
+            view.add_row(*row)
+        Console(width=max(80, min(sum(widths) + 3 * len(names) + 1, 400)), highlight=False).print(
+            view
+        )
         _out(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
 
 

@@ -68,6 +68,7 @@ __all__ = [
     "FRAME_TORN",
     "iter_frames",
     "segment_files",
+    "fsync_dir",
 ]
 
 _APPENDABLE: Final = frozenset(t for t in EVENT_TYPES if t is not UnknownEvent)
@@ -227,6 +228,7 @@ def _segment_files(seg_dir: Path) -> list[Path]:
 
 iter_frames = _iter_frames
 segment_files = _segment_files
+fsync_dir = _fsync_dir
 
 
 def _list_segments(seg_dir: Path) -> list[_Segment]:

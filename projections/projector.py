@@ -9,7 +9,8 @@ round reads the same events again: exactly once, with no dedup table.
 
 A rebuild writes a fresh file beside the live one: the segments are turned
 into Arrow tables by a process pool (decoding is the costly part and holds the
-GIL), inserted, folded in one pass, and the file is swapped in by rename.
+GIL), inserted, folded one partition at a time, and the file is swapped in by
+rename.
 Because every merge in ``apply.sql`` is associative, a rebuild and any
 sequence of incremental rounds give the same rows.
 
@@ -47,6 +48,7 @@ import pyarrow.compute as pc
 from fleetlog.events.blobs import BlobStore
 from fleetlog.events.codec import EnvelopeRow
 from fleetlog.events.errors import ProjectionError, QueryError
+from fleetlog.events.filelog import fsync_dir
 from fleetlog.events.partitions import partition_dirs
 from fleetlog.events.schema import EVENT_TYPES, BlobRef
 from fleetlog.events.tail import LogTail, read_segment, segment_bases
@@ -237,6 +239,7 @@ class Projector:
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         lock_fd = _take_lock(home / LOCK_FILE, wait_s)
+        projector: Projector | None = None
         try:
             reason = ""
             try:
@@ -260,8 +263,13 @@ class Projector:
                 projector.rebuild()
                 projector.rebuilt_on_open = reason
             return projector
-        except BaseException:
-            _release_lock(lock_fd)
+        except BaseException as e:
+            if projector is not None:
+                projector.close()
+            else:
+                _release_lock(lock_fd)
+            if isinstance(e, duckdb.Error):
+                raise ProjectionError(f"{home / DB_FILE}: {_first_line(e)}") from None
             raise
 
     def _create_schema(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -439,7 +447,7 @@ class Projector:
                 self.con.close()
             _remove_db(self.path)
             os.replace(tmp, self.path)
-            _fsync_dir(self.home)
+            fsync_dir(self.home)
             self.con = _connect(self.path)
         self._tails.clear()
         return total_events
@@ -549,14 +557,6 @@ def _schema_version(con: duckdb.DuckDBPyConnection) -> str | None:
 def _remove_db(path: Path) -> None:
     for p in (path, path.with_name(path.name + ".wal")):
         p.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _take_lock(path: Path, wait_s: float) -> int:

@@ -51,3 +51,33 @@ def test_fleet_bench_runs(tmp_path: Path) -> None:
     table = json.loads(proc.stdout)
     assert table["engine/20"]["steps_per_s"] > 0
     assert table["fleet:2/20"]["peak_rss_mb"] > 0
+
+
+def test_projection_bench_runs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.projection_bench",
+            "--events",
+            "5000",
+            "--sessions",
+            "20",
+            "--repeats",
+            "1",
+            "--rate",
+            "2000",
+            "--lag-seconds",
+            "1",
+            "--dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| full rebuild |" in proc.stdout
+    assert "catch-up lag" in proc.stdout

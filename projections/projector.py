@@ -321,27 +321,33 @@ class Projector:
         ``commit=False`` is for crash tests: everything is done but the commit,
         which is abandoned as a dying process's would be.
         """
+        return self._round(limit, commit)[0]
+
+    def _round(self, limit: int, commit: bool = True) -> tuple[int, bool]:
+        """``step``; also whether some partition had more than its share (more to read)."""
         with self._write:
             done = self.checkpoints()
             tables: list[pa.Table] = []
             moved: dict[int, int] = {}
             parts = partitions(self.home)
             share = max(limit // max(len(parts), 1), 1)
+            more = False
             for index, path in parts:
                 tail = self._tail(index, path)
                 with _gc_paused():
                     rows = tail.read(done.get(index, 0) + 1, share, rows=True)
                 if not rows:
                     continue
+                more = more or len(rows) >= share
                 _check_contiguous(index, done.get(index, 0), rows)
                 tables.append(rows_to_arrow(rows, index, BlobStore(path / "blobs")))
                 moved[index] = rows[-1][0]
             if not tables:
-                return 0
+                return 0, False
             batch = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             self._apply(batch, moved, commit=commit)
             applied: int = batch.num_rows
-            return applied
+            return applied, more
 
     def _apply(self, batch: pa.Table, moved: dict[int, int], *, commit: bool = True) -> None:
         con = self.con
@@ -365,11 +371,17 @@ class Projector:
                 con.unregister("_batch")
 
     def catch_up(self, *, limit: int = 100_000) -> int:
-        """Apply rounds until the log has nothing new; the number of events applied."""
+        """Apply rounds until one finds the log's end; the number of events applied.
+
+        A round that read less than its share of every partition reached the end
+        as it was then: a log that keeps growing does not keep the caller waiting.
+        """
         total = 0
-        while n := self.step(limit):
+        while True:
+            n, more = self._round(limit)
             total += n
-        return total
+            if not more:
+                return total
 
     def _ahead_of_log(self) -> str:
         """Why the tables cannot be from this log (a checkpoint past its end), or ''."""

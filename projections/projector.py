@@ -32,6 +32,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -192,10 +193,23 @@ def _resolved(event: Any, blobs: BlobStore) -> Any:
 
 
 def _segment_table(log_path: str, partition: int, segment: str, upto: int) -> pa.Table:
-    """Pool worker: one segment file as an Arrow table (module level: it is pickled by name)."""
+    """One segment file as an Arrow table."""
     with _gc_paused():
         rows = read_segment(Path(log_path), Path(segment), upto)
     return rows_to_arrow(rows, partition, BlobStore(Path(log_path) / "blobs"))
+
+
+def _segment_file(spool: str, job: tuple[str, int, str, int]) -> str:
+    """Pool worker: one segment as an Arrow IPC file in ``spool``; its path.
+
+    A file, not a pickled table: the parent maps it without copying it (pickling
+    through a pipe copies every byte three times).
+    """
+    table = _segment_table(*job)
+    path = os.path.join(spool, f"{job[1]}-{Path(job[2]).stem}.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return path
 
 
 def check_read_only(sql: str) -> None:
@@ -535,19 +549,31 @@ def _segment_tables(
             yield _segment_table(*job)
         return
     # spawn, not fork: this process may hold DuckDB and Ray threads. Results are
-    # taken in job order (later folds must hold later events of each session),
-    # with a bounded window so that decoded segments do not pile up in memory.
+    # taken in job order (a fold must see a partition's segments together), with a
+    # bounded window so that decoded segments do not pile up.
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        window: collections.deque[concurrent.futures.Future[pa.Table]] = collections.deque()
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    with (
+        tempfile.TemporaryDirectory(prefix="fleetlog-rebuild-", dir=base) as spool,
+        concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool,
+    ):
+        window: collections.deque[concurrent.futures.Future[str]] = collections.deque()
         queued = iter(jobs)
         for job in itertools.islice(queued, workers * 2):
-            window.append(pool.submit(_segment_table, *job))
+            window.append(pool.submit(_segment_file, spool, job))
         while window:
-            table = window.popleft().result()
+            path = window.popleft().result()
             for job in itertools.islice(queued, 1):
-                window.append(pool.submit(_segment_table, *job))
-            yield table
+                window.append(pool.submit(_segment_file, spool, job))
+            source = pa.memory_map(path)
+            try:
+                # Zero-copy: the table's buffers are the mapped file. The caller is
+                # done with it when it asks for the next one.
+                yield pa.ipc.open_file(source).read_all()
+            finally:
+                source.close()
+                os.unlink(path)
 
 
 def _connect(path: Path) -> duckdb.DuckDBPyConnection:

@@ -119,17 +119,19 @@ class _LedgerActor:
         self.home = Path(home)
         self.namespace = namespace
         self._built = False
+        self._building = asyncio.Lock()
 
     async def _build(self) -> None:
-        if self._built:
-            return
-        view = await _sessions_view(_projector_handle(self.namespace))
-        if view is not None:
-            for sid, _partition, _status, tenant, cost, tokens in view.sessions:
-                self.ledger.seed(sid, tenant, cost, tokens)
-        for batch in _tail(self.home, view):
-            self.ledger.fold(batch)
-        self._built = True
+        # Calls interleave at every await of an async actor: build exactly once.
+        async with self._building:
+            if not self._built:
+                view = await _sessions_view(_projector_handle(self.namespace))
+                if view is not None:
+                    for sid, _partition, _status, tenant, cost, tokens in view.sessions:
+                        self.ledger.seed(sid, tenant, cost, tokens)
+                for batch in _tail(self.home, view):
+                    self.ledger.fold(batch)
+                self._built = True
 
     async def reserve(self, tenant: str, usd: float, tokens: int) -> tuple[bool, str]:
         await self._build()
@@ -227,21 +229,23 @@ class _Dispatcher:
         self.namespace = namespace
         self.home = Path(home)
         self.directory: dict[str, int] | None = None
+        self._building = asyncio.Lock()
 
     async def _directory(self) -> dict[str, int]:
-        if self.directory is None:
-            view = await _sessions_view(_projector_handle(self.namespace))
-            directory = {row[0]: row[1] for row in view.sessions} if view is not None else {}
-            for index, path in partitions(self.home):
-                done = view.checkpoints.get(index, 0) if view is not None else 0
-                tail = LogTail(path)
-                position = done + 1
-                while batch := tail.read(position, 50_000):
-                    for env in batch:
-                        directory.setdefault(env.session_id, index)
-                    position = batch[-1].position + 1
-            self.directory = directory
-        return self.directory
+        async with self._building:  # one build, however many calls arrive meanwhile
+            if self.directory is None:
+                view = await _sessions_view(_projector_handle(self.namespace))
+                found = {row[0]: row[1] for row in view.sessions} if view is not None else {}
+                for index, path in partitions(self.home):
+                    done = view.checkpoints.get(index, 0) if view is not None else 0
+                    tail = LogTail(path)
+                    position = done + 1
+                    while batch := tail.read(position, 50_000):
+                        for env in batch:
+                            found.setdefault(env.session_id, index)
+                        position = batch[-1].position + 1
+                self.directory = found
+            return self.directory
 
     async def _owner(self, session_id: str) -> Any | None:
         partition = (await self._directory()).get(session_id)

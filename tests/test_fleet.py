@@ -155,6 +155,10 @@ def test_projections_follow_the_fleet_and_a_restart_starts_from_them(tmp_path: P
         bad = ray.get(fleet.projector.query.remote("DELETE FROM events"))
         assert bad == {"error": "projections are read-only: only SELECT is allowed (got DELETE)"}
         spent = ray.get(fleet.ledger.snapshot.remote())["acme"]["spent_usd"]
+        total = ray.get(
+            fleet.projector.query.remote("SELECT sum(cost_usd) AS c FROM agent_executions")
+        )
+        assert spent == pytest.approx(float(total["table"].to_pylist()[0]["c"]), abs=1e-9)
     finally:
         fleet.shutdown()
 

@@ -552,10 +552,8 @@ def _segment_tables(
     # taken in job order (a fold must see a partition's segments together), with a
     # bounded window so that decoded segments do not pile up.
     ctx = multiprocessing.get_context("spawn")
-    shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
     with (
-        tempfile.TemporaryDirectory(prefix="fleetlog-rebuild-", dir=base) as spool,
+        tempfile.TemporaryDirectory(prefix="fleetlog-rebuild-", dir=_spool_dir(workers)) as spool,
         concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool,
     ):
         window: collections.deque[concurrent.futures.Future[str]] = collections.deque()
@@ -574,6 +572,21 @@ def _segment_tables(
             finally:
                 source.close()
                 os.unlink(path)
+
+
+def _spool_dir(workers: int) -> str | None:
+    """Memory-backed /dev/shm when it has room for the window of segments in flight.
+
+    Containers often mount a 64 MiB /dev/shm; then the system's temp directory.
+    """
+    need = (workers * 2 + 1) * 512 * 1024 * 1024  # a 64 MiB segment as Arrow, with margin
+    try:
+        stat = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    if stat.f_bavail * stat.f_frsize < need or not os.access("/dev/shm", os.W_OK):
+        return None
+    return "/dev/shm"
 
 
 def _connect(path: Path) -> duckdb.DuckDBPyConnection:

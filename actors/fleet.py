@@ -63,14 +63,14 @@ def session_event(config: Config, task: Task, session_id: str) -> SessionCreated
     )
 
 
-def _tail(home: Path, view: SessionsView | None) -> Iterator[list[Envelope]]:
-    """Batches of every event the view does not cover yet (the whole log without a view)."""
+def _tail(home: Path, view: SessionsView | None) -> Iterator[tuple[int, list[Envelope]]]:
+    """``(partition, batch)`` of every event the view does not cover yet (or of all)."""
     done = view.checkpoints if view is not None else {}
     for index, path in partitions(home):
         tail = LogTail(path)
         position = done.get(index, 0) + 1
         while batch := tail.read(position, 50_000):
-            yield batch
+            yield index, batch
             position = batch[-1].position + 1
 
 
@@ -129,7 +129,7 @@ class _LedgerActor:
                 if view is not None:
                     for sid, _partition, _status, tenant, cost, tokens in view.sessions:
                         self.ledger.seed(sid, tenant, cost, tokens)
-                for batch in _tail(self.home, view):
+                for _partition, batch in _tail(self.home, view):
                     self.ledger.fold(batch)
                 self._built = True
 
@@ -236,14 +236,9 @@ class _Dispatcher:
             if self.directory is None:
                 view = await _sessions_view(_projector_handle(self.namespace))
                 found = {row[0]: row[1] for row in view.sessions} if view is not None else {}
-                for index, path in partitions(self.home):
-                    done = view.checkpoints.get(index, 0) if view is not None else 0
-                    tail = LogTail(path)
-                    position = done + 1
-                    while batch := tail.read(position, 50_000):
-                        for env in batch:
-                            found.setdefault(env.session_id, index)
-                        position = batch[-1].position + 1
+                for index, batch in _tail(self.home, view):
+                    for env in batch:
+                        found.setdefault(env.session_id, index)
                 self.directory = found
             return self.directory
 

@@ -35,7 +35,7 @@ from fleetlog.config import Config
 from fleetlog.events.errors import ConcurrencyError, FencedError, LogError, LogLockedError
 from fleetlog.events.filelog import FileLog
 from fleetlog.events.log import AppendResult
-from fleetlog.events.partitions import partition_dirs, partition_path
+from fleetlog.events.partitions import indexed_partitions, partition_path
 from fleetlog.events.schema import Envelope, Event, SessionCreated
 from fleetlog.events.state import TERMINAL
 from fleetlog.projections.service import SessionsView
@@ -143,8 +143,7 @@ class HostCore:
 
     def _open_partitions(self) -> None:
         root = self.home / "log"
-        existing = [int(p.name[1:]) for p in partition_dirs(root) if p.name[1:].isdigit()]
-        count = max([self.hosts, *(i + 1 for i in existing)])
+        count = max([self.hosts, *(i + 1 for i, _path in indexed_partitions(root))])
         for p in range(count):
             if p % self.hosts == self.index and p not in self.partitions:
                 self.partitions[p] = self._open_locked(partition_path(root, p))

@@ -95,14 +95,18 @@ class BlobStore:
                     changes[name] = self.put(data)
         return msgspec.structs.replace(event, **changes) if changes else event
 
-    def resolve(self, envelope: Envelope) -> Envelope:
-        """The same envelope with every BlobRef field replaced by its text."""
-        event = envelope.event
+    def resolve_event(self, event: E) -> E:
+        """The same event with every BlobRef field replaced by its text."""
         changes: dict[str, Payload] = {}
         for name in event.blob_fields:
             value = getattr(event, name)
             if isinstance(value, BlobRef):
                 changes[name] = self.get(value).decode()
-        if not changes:
+        return msgspec.structs.replace(event, **changes) if changes else event
+
+    def resolve(self, envelope: Envelope) -> Envelope:
+        """The same envelope with every BlobRef field replaced by its text."""
+        event = self.resolve_event(envelope.event)
+        if event is envelope.event:
             return envelope
-        return msgspec.structs.replace(envelope, event=msgspec.structs.replace(event, **changes))
+        return msgspec.structs.replace(envelope, event=event)

@@ -19,22 +19,30 @@ from pathlib import Path
 
 from .filelog import FileLog
 
-__all__ = ["partition_dirs", "partition_path", "open_readers"]
+__all__ = ["indexed_partitions", "partition_dirs", "partition_path", "open_readers"]
 
 
 def partition_path(log_root: Path, index: int) -> Path:
     return log_root / f"p{index}"
 
 
-def partition_dirs(log_root: Path) -> list[Path]:
-    """Every partition under ``log_root``, in index order (a plain FileLog counts as one)."""
+def indexed_partitions(log_root: Path) -> list[tuple[int, Path]]:
+    """``(index, path)`` of every partition under ``log_root``, in index order.
+
+    A plain FileLog at ``log_root`` counts as partition 0.
+    """
     if (log_root / "segments").is_dir():
-        return [log_root]
+        return [(0, log_root)]
     found = []
     for path in log_root.glob("p*"):
         if path.is_dir() and path.name[1:].isdigit() and (path / "segments").is_dir():
             found.append((int(path.name[1:]), path))
-    return [p for _, p in sorted(found)]
+    return sorted(found)
+
+
+def partition_dirs(log_root: Path) -> list[Path]:
+    """Every partition under ``log_root``, in index order (a plain FileLog counts as one)."""
+    return [path for _index, path in indexed_partitions(log_root)]
 
 
 def open_readers(log_root: Path) -> list[FileLog]:

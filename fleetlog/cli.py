@@ -619,6 +619,7 @@ def _projections(home: Path, method: str, *args: Any) -> dict[str, Any]:
     projector owns ``projections.duckdb`` and this process only asks.
     """
     from fleetlog.projections.projector import Projector
+    from fleetlog.projections.service import answer
 
     if (home / "fleet.json").exists():
         import ray
@@ -627,8 +628,8 @@ def _projections(home: Path, method: str, *args: Any) -> dict[str, Any]:
         try:
             with _ray(info["address"], info["namespace"]):
                 actor = ray.get_actor("fleetlog-projector", namespace=info["namespace"])
-                answer: dict[str, Any] = ray.get(getattr(actor, method).remote(*args))
-                return answer
+                reply: dict[str, Any] = ray.get(getattr(actor, method).remote(*args))
+                return reply
         except Exception:
             if os.environ.get("FLEETLOG_DEBUG"):
                 raise
@@ -637,22 +638,18 @@ def _projections(home: Path, method: str, *args: Any) -> dict[str, Any]:
         raise FleetlogError(f"no event log under {home} (looked in {home / 'log'})")
     started = time.perf_counter()
     with Projector.open(home, wait_s=5.0) as projector:
-        if projector.rebuilt_on_open:  # another version's file, say: rebuilt already
-            _err(f"fleetlog: projections rebuilt: {projector.rebuilt_on_open}")
-            n = sum(projector.checkpoints().values()) + projector.catch_up()
-        elif method == "project" and args[0]:
-            n = projector.rebuild()
-        else:
-            n = projector.catch_up()
-        if method == "query":
-            return {"table": projector.query(*args)}
-        if method == "health":
-            return {"table": projector.health(*args)}
-        return {
-            "events": n,
-            "seconds": time.perf_counter() - started,
-            "checkpoints": projector.checkpoints(),
-        }
+        if not projector.rebuilt_on_open:
+            return answer(projector, method, *args)
+        # Another version's file, say: rebuilt on open already; do not rebuild twice.
+        _err(f"fleetlog: projections rebuilt: {projector.rebuilt_on_open}")
+        rebuilt = sum(projector.checkpoints().values())
+        if method != "project":
+            return answer(projector, method, *args)
+        result = answer(projector, "project", False)
+        if "events" in result:
+            result["events"] += rebuilt
+            result["seconds"] = time.perf_counter() - started
+        return result
 
 
 def _answer(answer: dict[str, Any]) -> Any:

@@ -50,8 +50,8 @@ from fleetlog.events.blobs import BlobStore
 from fleetlog.events.codec import EnvelopeRow
 from fleetlog.events.errors import ProjectionError, QueryError
 from fleetlog.events.filelog import fsync_dir
-from fleetlog.events.partitions import partition_dirs
-from fleetlog.events.schema import EVENT_TYPES, BlobRef
+from fleetlog.events.partitions import indexed_partitions
+from fleetlog.events.schema import EVENT_TYPES
 from fleetlog.events.tail import LogTail, read_segment, segment_bases
 
 __all__ = [
@@ -133,11 +133,7 @@ _READ_ONLY: Final = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
 
 def partitions(home: Path) -> list[tuple[int, Path]]:
     """``(index, path)`` of every log partition under ``HOME/log``."""
-    out = []
-    for path in partition_dirs(home / "log"):
-        name = path.name
-        out.append((int(name[1:]) if name[:1] == "p" and name[1:].isdigit() else 0, path))
-    return out
+    return indexed_partitions(home / "log")
 
 
 def rows_to_arrow(rows: list[EnvelopeRow], partition: int, blobs: BlobStore | None) -> pa.Table:
@@ -150,7 +146,7 @@ def rows_to_arrow(rows: list[EnvelopeRow], partition: int, blobs: BlobStore | No
         if b'{"sha256":' in lines:
             if blobs is None:
                 raise ProjectionError("events refer to blobs but no blob store was given")
-            lines = _json.encode_lines([_resolved(ev, blobs) for ev in events])
+            lines = _json.encode_lines([blobs.resolve_event(ev) for ev in events])
         # One line per event (JSON text never holds a raw newline), split in C++.
         text = pa.array([lines[:-1]], pa.binary()).cast(pa.string())
         data = pc.split_pattern(text, "\n").flatten()
@@ -181,15 +177,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _resolved(event: Any, blobs: BlobStore) -> Any:
-    changes = {
-        name: blobs.get(value).decode()
-        for name in event.blob_fields
-        if isinstance(value := getattr(event, name), BlobRef)
-    }
-    return msgspec.structs.replace(event, **changes) if changes else event
 
 
 def _segment_table(log_path: str, partition: int, segment: str, upto: int) -> pa.Table:

@@ -23,7 +23,7 @@ from fleetlog.events.errors import FleetlogError
 
 from .projector import Projector
 
-__all__ = ["ProjectionService", "SessionsView", "sessions_view"]
+__all__ = ["ProjectionService", "SessionsView", "sessions_view", "answer"]
 
 log = logging.getLogger("fleetlog.projections")
 
@@ -50,6 +50,27 @@ def sessions_view(projector: Projector) -> SessionsView:
         ).fetchall()
         cur.execute("ROLLBACK")
     return SessionsView(checkpoints, [tuple(r) for r in rows])
+
+
+def answer(projector: Projector, method: str, *args: Any) -> dict[str, Any]:
+    """A CLI request (``query``, ``health`` or ``project``) answered with plain data.
+
+    Each catches up first; ``project`` with a true argument rebuilds instead.
+    """
+    try:
+        started = time.perf_counter()
+        n = projector.rebuild() if method == "project" and args[0] else projector.catch_up()
+        if method == "query":
+            return {"table": projector.query(*args)}
+        if method == "health":
+            return {"table": projector.health(*args)}
+        return {
+            "events": n,
+            "seconds": time.perf_counter() - started,
+            "checkpoints": projector.checkpoints(),
+        }
+    except FleetlogError as e:
+        return {"error": str(e)}
 
 
 class ProjectionService:
@@ -97,34 +118,21 @@ class ProjectionService:
 
     # --- answers (plain data) ----------------------------------------------------------------
 
-    def query(self, sql: str) -> dict[str, Any]:
+    def _call(self, method: str, *args: Any) -> dict[str, Any]:
         try:
             projector = self._ready()
-            projector.catch_up()
-            return {"table": projector.query(sql)}
         except FleetlogError as e:
             return {"error": str(e)}
+        return answer(projector, method, *args)
+
+    def query(self, sql: str) -> dict[str, Any]:
+        return self._call("query", sql)
 
     def health(self, since: datetime | None, agent_type: str | None) -> dict[str, Any]:
-        try:
-            projector = self._ready()
-            projector.catch_up()
-            return {"table": projector.health(since, agent_type)}
-        except FleetlogError as e:
-            return {"error": str(e)}
+        return self._call("health", since, agent_type)
 
     def project(self, rebuild: bool) -> dict[str, Any]:
-        try:
-            projector = self._ready()
-            started = time.perf_counter()
-            n = projector.rebuild() if rebuild else projector.catch_up()
-            return {
-                "events": n,
-                "seconds": time.perf_counter() - started,
-                "checkpoints": projector.checkpoints(),
-            }
-        except FleetlogError as e:
-            return {"error": str(e)}
+        return self._call("project", rebuild)
 
     def sessions(self) -> SessionsView | None:
         """The snapshot restarting hosts and the ledger start from; None while not open."""

@@ -128,6 +128,10 @@ _json = msgspec.json.Encoder()
 _TYPE_NAMES: Final = {t: t.__name__ for t in EVENT_TYPES}
 #: Below this many events a rebuild decodes in-process (a pool costs ~1 s to start).
 _POOL_MIN_EVENTS: Final = 400_000
+#: A rebuild folds this many events at a time. The aggregates hold each batch
+#: in memory (~1 KB per event, mostly its text fields); the larger the batch,
+#: the fewer merges.
+_FOLD_EVERY: Final = 1_000_000
 _READ_ONLY: Final = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
 
 
@@ -402,16 +406,22 @@ class Projector:
 
     # --- rebuilding ------------------------------------------------------------------------
 
-    def rebuild(self, *, workers: int | None = None, pool_from: int = _POOL_MIN_EVENTS) -> int:
+    def rebuild(
+        self,
+        *,
+        workers: int | None = None,
+        pool_from: int = _POOL_MIN_EVENTS,
+        fold_every: int = _FOLD_EVERY,
+    ) -> int:
         """Drop everything and project the whole log again; the number of events.
 
         Logs of ``pool_from`` events or more are decoded by ``workers`` processes
-        (default: one per core).
+        (default: one per core); events are folded ``fold_every`` at a time.
         """
         with self._write:
-            return self._rebuild(workers, pool_from)
+            return self._rebuild(workers, pool_from, fold_every)
 
-    def _rebuild(self, workers: int | None, pool_from: int) -> int:
+    def _rebuild(self, workers: int | None, pool_from: int, fold_every: int) -> int:
         tmp = self.path.with_name(DB_FILE + ".rebuild")
         _remove_db(tmp)
         con = _connect(tmp)
@@ -426,30 +436,42 @@ class Projector:
                     if base <= head:
                         jobs.append((str(path), index, str(seg), head))
             total_events = sum(heads.values())
-            con.execute("BEGIN")
             # One partition at a time: a session's stream never leaves its
-            # partition, so each fold meets only sessions the tables do not hold
-            # yet, and runs against empty stand-ins (temp tables of the same
-            # names, which DuckDB resolves first): no merge cost, then one append.
-            current = None
+            # partition, so a partition's rows are folded into empty stand-ins
+            # (temp tables of the same names, which DuckDB resolves first) and
+            # appended to the file when it is done: no merge with other partitions'
+            # rows. Within a partition, events are folded every ``fold_every`` (the
+            # merges are associative), which bounds the memory the aggregates need.
+            # No enclosing transaction: the file is not live until it is renamed
+            # (a crash leaves a .rebuild file that the next rebuild removes), and
+            # a transaction would hold every appended row in memory until the end.
+            current: int | None = None
+            pending = 0
             tables = _segment_tables(jobs, workers if total_events >= pool_from else 1)
             for job, table in zip(jobs, tables, strict=True):
-                con.register("_batch", table)
-                con.execute(_EVENTS_FROM_BATCH)
                 if job[1] != current:
                     if current is not None:
-                        _fold_fresh(con)
-                    current = job[1]
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {_NEW_ROWS}")
-                else:
-                    con.execute(f"INSERT INTO _new {_NEW_ROWS}")
+                        if pending:
+                            _fold_new(con)
+                        _flush_stand_ins(con)
+                    current, pending = job[1], 0
+                    _create_stand_ins(con)
+                con.register("_batch", table)
+                con.execute(_EVENTS_FROM_BATCH)
+                into = "INSERT INTO _new" if pending else "CREATE TEMP TABLE _new AS"
+                con.execute(f"{into} {_NEW_ROWS}")
                 con.unregister("_batch")
+                pending += table.num_rows
+                if pending >= fold_every:
+                    _fold_new(con)
+                    pending = 0
             if current is not None:
-                _fold_fresh(con)
+                if pending:
+                    _fold_new(con)
+                _flush_stand_ins(con)
             for index, head in heads.items():
                 if head:
                     con.execute("INSERT INTO _checkpoints VALUES (?, ?)", [index, head])
-            con.execute("COMMIT")
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -495,14 +517,23 @@ class Projector:
 _FOLDED: Final = ("agent_executions", "agent_tool_calls", "model_calls", "agent_steps")
 
 
-def _fold_fresh(con: duckdb.DuckDBPyConnection) -> None:
-    """``_fold_new`` for sessions none of the tables holds yet (a rebuild's partition)."""
+def _file_catalog(con: duckdb.DuckDBPyConnection) -> str:
+    """The quoted name of the file's catalog (temp tables live in ``temp``)."""
     row = con.execute("SELECT current_database()").fetchone()
     assert row is not None
-    db = '"' + str(row[0]).replace('"', '""') + '"'  # the file's catalog, not temp's "main"
+    return '"' + str(row[0]).replace('"', '""') + '"'
+
+
+def _create_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
+    """Empty temp tables shadowing the folded tables: a rebuild folds a partition into them."""
+    db = _file_catalog(con)
     for name in _FOLDED:
         con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {db}.main.{name} LIMIT 0")
-    _fold_new(con)
+
+
+def _flush_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
+    """Append the stand-ins' rows to the file's tables and drop them."""
+    db = _file_catalog(con)
     for name in _FOLDED:
         con.execute(f"INSERT INTO {db}.main.{name} SELECT * FROM temp.main.{name}")
         con.execute(f"DROP TABLE temp.main.{name}")

@@ -18,7 +18,7 @@ CREATE TABLE events (
     epoch      BIGINT    NOT NULL,
     type       VARCHAR   NOT NULL,
     ts         TIMESTAMP NOT NULL,
-    data       JSON      NOT NULL
+    data       JSON      NOT NULL USING COMPRESSION zstd
 );
 
 CREATE TABLE agent_executions (

@@ -378,6 +378,7 @@ def _write_random_fleet(home: Path, rng: random.Random, sessions: int, parts: in
     sessions=st.integers(1, 12),
     parts=st.integers(1, 3),
     plan=st.lists(st.tuples(st.integers(1, 80), st.booleans(), st.booleans()), max_size=25),
+    fold_every=st.integers(1, 200),
 )
 def test_incremental_with_crashes_equals_rebuild(
     tmp_path_factory: pytest.TempPathFactory,
@@ -385,6 +386,7 @@ def test_incremental_with_crashes_equals_rebuild(
     sessions: int,
     parts: int,
     plan: list[tuple[int, bool, bool]],
+    fold_every: int,
 ) -> None:
     home = tmp_path_factory.mktemp("fleet")
     rng = random.Random(seed)
@@ -407,6 +409,9 @@ def test_incremental_with_crashes_equals_rebuild(
         incremental = snapshot(projector)
         assert len(incremental["events"]) == total
         projector.rebuild(workers=1)
+        assert snapshot(projector) == incremental
+        # A rebuild folding a few segments at a time (merging into what it folded).
+        projector.rebuild(workers=1, fold_every=fold_every)
         assert snapshot(projector) == incremental
         # And the projection agrees with the pure fold of every stream.
         rows = {r["id"]: r for r in projector.query("FROM agent_executions").to_pylist()}

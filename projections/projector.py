@@ -239,8 +239,15 @@ class Projector:
     # --- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, home: Path, *, wait_s: float = 10.0) -> Projector:
-        """Take the projections lock (waiting up to ``wait_s``) and open or create the file."""
+    def open(
+        cls, home: Path, *, wait_s: float = 10.0, rebuild_from: int = _POOL_MIN_EVENTS
+    ) -> Projector:
+        """Take the projections lock (waiting up to ``wait_s``) and open or create the file.
+
+        The file is rebuilt instead (``rebuilt_on_open`` says why) when it is of
+        another schema version, unreadable, ahead of the log, or at least
+        ``rebuild_from`` events behind it and at most half-way through it.
+        """
         home = home.resolve()
         home.mkdir(parents=True, exist_ok=True)
         lock_fd = _take_lock(home / LOCK_FILE, wait_s)
@@ -258,12 +265,12 @@ class Projector:
             projector = cls(home, con, lock_fd)
             if reason:
                 pass
-            elif version is None:
-                projector._create_schema(con)
-            elif version != SCHEMA_VERSION:
+            elif version is not None and version != SCHEMA_VERSION:
                 reason = f"schema version {version}, this fleetlog writes {SCHEMA_VERSION}"
             else:
-                reason = projector._ahead_of_log()
+                if version is None:
+                    projector._create_schema(con)
+                reason = projector._stale(rebuild_from)
             if reason:
                 projector.rebuild()
                 projector.rebuilt_on_open = reason
@@ -388,12 +395,19 @@ class Projector:
             if not more:
                 return total
 
-    def _ahead_of_log(self) -> str:
-        """Why the tables cannot be from this log (a checkpoint past its end), or ''."""
+    def _stale(self, rebuild_from: int) -> str:
+        """Why the tables should be rebuilt rather than caught up, or ''."""
         heads = {index: LogTail(path).head() for index, path in partitions(self.home)}
-        for index, position in self.checkpoints().items():
+        done = self.checkpoints()
+        for index, position in done.items():
             if position > heads.get(index, 0):
                 return f"ahead of the log (p{index} at {position}, log at {heads.get(index, 0)})"
+        behind = sum(max(head - done.get(index, 0), 0) for index, head in heads.items())
+        # Catching up costs ~2.5 times what a rebuild does per event (rounds of
+        # merges into the tables, decoded in this process): on a file that is far
+        # behind (a fresh one next to a big log, say) a rebuild is the faster way.
+        if behind >= rebuild_from and 2 * behind >= sum(heads.values()):
+            return f"{behind:,} events behind the log (a rebuild is faster than catching up)"
         return ""
 
     def lag(self) -> dict[int, int]:

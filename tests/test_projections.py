@@ -600,3 +600,27 @@ def test_projections_ahead_of_the_log_are_rebuilt(tmp_path: Path) -> None:
         assert projector.checkpoints() == {0: 2}
         rows = projector.query("SELECT id, status FROM agent_executions").to_pylist()
         assert rows == [{"id": "s-x", "status": "running"}]
+
+
+def test_a_file_far_behind_a_big_log_is_rebuilt_instead_of_caught_up(tmp_path: Path) -> None:
+    total = _write_random_fleet(tmp_path, random.Random(11), 20, 2)
+    with Projector.open(tmp_path) as projector:  # the default bar is far above this log
+        assert projector.rebuilt_on_open == ""
+        projector.catch_up()
+        caught_up = snapshot(projector)
+    (tmp_path / "projections.duckdb").unlink()
+    with Projector.open(tmp_path, rebuild_from=total) as projector:
+        assert projector.rebuilt_on_open == (
+            f"{total:,} events behind the log (a rebuild is faster than catching up)"
+        )
+        assert snapshot(projector) == caught_up
+    # Less than half of the log behind: caught up as usual, however big the lag.
+    (tmp_path / "projections.duckdb").unlink()
+    with Projector.open(tmp_path) as projector:
+        while sum(projector.checkpoints().values()) <= total / 2:
+            projector.step(10)
+    with Projector.open(tmp_path, rebuild_from=1) as projector:
+        assert projector.rebuilt_on_open == ""
+        assert 0 < sum(projector.lag().values()) < total / 2
+        projector.catch_up()
+        assert snapshot(projector) == caught_up

@@ -6,168 +6,165 @@
 -- Costs are DECIMAL so that sums do not depend on the order of additions.
 
 -- model calls, one row per request ------------------------------------------------
-CREATE OR REPLACE TEMP TABLE _mc AS
-SELECT session_id AS execution_id,
-       f.request_id AS request_id,
-       min(f.step) AS step_number,
-       arg_max(f.model, seq) FILTER (type IN ('ModelCallRequested', 'ModelResponded')) AS model,
-       arg_max(f.input_tokens, seq) FILTER (type = 'ModelResponded') AS input_tokens,
-       arg_max(f.output_tokens, seq) FILTER (type = 'ModelResponded') AS output_tokens,
-       arg_max(f.cache_read_tokens, seq) FILTER (type = 'ModelResponded') AS cache_read_tokens,
-       arg_max(f.cache_write_tokens, seq) FILTER (type = 'ModelResponded') AS cache_write_tokens,
-       arg_max(f.cost_usd::DECIMAL(20, 10), seq) FILTER (type = 'ModelResponded') AS cost_usd,
-       arg_max(f.latency_ms, seq) FILTER (type = 'ModelResponded') AS latency_ms,
-       arg_max(f.stop_reason, seq) FILTER (type = 'ModelResponded') AS stop_reason,
-       arg_max(ts, seq) FILTER (type = 'ModelResponded') AS responded_at,
-       min(ts) FILTER (type = 'ModelCallRequested') AS called_at,
-       arg_max(CASE type WHEN 'ModelCallRequested' THEN 'requested'
-                         WHEN 'ModelResponded' THEN 'responded'
-                         ELSE 'failed' END, seq)
-           FILTER (type <> 'ModelCallRetried') AS status,
-       count(*) FILTER (type = 'ModelCallRetried') AS retries,
-       arg_max(f.error, seq) FILTER (type = 'ModelCallFailed') AS error,
-       arg_max(f.status_code, seq) FILTER (type = 'ModelCallFailed') AS status_code
-FROM _new
-WHERE type IN ('ModelCallRequested', 'ModelCallRetried', 'ModelResponded', 'ModelCallFailed')
-GROUP BY session_id, f.request_id;
-
 CREATE OR REPLACE TEMP TABLE _mc_rows AS
+WITH b AS (
+    SELECT session_id AS execution_id,
+           f.request_id AS request_id,
+           min(f.step) AS step_number,
+           arg_max(f.model, seq) FILTER (type IN ('ModelCallRequested', 'ModelResponded')) AS model,
+           -- every field of the last answer at once (none of them is ever NULL)
+           arg_max({'input_tokens': f.input_tokens, 'output_tokens': f.output_tokens,
+                    'cache_read_tokens': f.cache_read_tokens,
+                    'cache_write_tokens': f.cache_write_tokens,
+                    'cost_usd': f.cost_usd::DECIMAL(20, 10), 'latency_ms': f.latency_ms,
+                    'stop_reason': f.stop_reason, 'responded_at': ts}, seq)
+               FILTER (type = 'ModelResponded') AS r,
+           min(ts) FILTER (type = 'ModelCallRequested') AS called_at,
+           arg_max(CASE type WHEN 'ModelCallRequested' THEN 'requested'
+                             WHEN 'ModelResponded' THEN 'responded'
+                             ELSE 'failed' END, seq)
+               FILTER (type <> 'ModelCallRetried') AS status,
+           count(*) FILTER (type = 'ModelCallRetried') AS retries,
+           arg_max(f.error, seq) FILTER (type = 'ModelCallFailed') AS error,
+           arg_max(f.status_code, seq) FILTER (type = 'ModelCallFailed') AS status_code
+    FROM _new
+    WHERE type IN ('ModelCallRequested', 'ModelCallRetried', 'ModelResponded', 'ModelCallFailed')
+    GROUP BY session_id, f.request_id
+)
 SELECT b.execution_id,
        CASE WHEN t.step_number IS NULL THEN b.step_number
             ELSE least(t.step_number, b.step_number) END AS step_number,
        coalesce(b.model, t.model) AS model,
-       coalesce(b.input_tokens, t.input_tokens) AS input_tokens,
-       coalesce(b.output_tokens, t.output_tokens) AS output_tokens,
-       coalesce(b.cache_read_tokens, t.cache_read_tokens) AS cache_read_tokens,
-       coalesce(b.cost_usd, t.cost_usd) AS cost_usd,
-       coalesce(b.latency_ms, t.latency_ms) AS latency_ms,
-       coalesce(b.stop_reason, t.stop_reason) AS stop_reason,
+       coalesce(b.r.input_tokens, t.input_tokens) AS input_tokens,
+       coalesce(b.r.output_tokens, t.output_tokens) AS output_tokens,
+       coalesce(b.r.cache_read_tokens, t.cache_read_tokens) AS cache_read_tokens,
+       coalesce(b.r.cost_usd, t.cost_usd) AS cost_usd,
+       coalesce(b.r.latency_ms, t.latency_ms) AS latency_ms,
+       coalesce(b.r.stop_reason, t.stop_reason) AS stop_reason,
        coalesce(t.called_at, b.called_at) AS called_at,
        b.request_id,
        coalesce(b.status, t.status, 'requested') AS status,
-       coalesce(b.cache_write_tokens, t.cache_write_tokens) AS cache_write_tokens,
+       coalesce(b.r.cache_write_tokens, t.cache_write_tokens) AS cache_write_tokens,
        coalesce(t.retries, 0) + b.retries AS retries,
        coalesce(b.error, t.error) AS error,
        coalesce(b.status_code, t.status_code) AS status_code,
-       coalesce(b.responded_at, t.responded_at) AS responded_at
-FROM _mc b
+       coalesce(b.r.responded_at, t.responded_at) AS responded_at
+FROM b
 LEFT JOIN model_calls t ON t.execution_id = b.execution_id AND t.request_id = b.request_id;
 
-DELETE FROM model_calls t USING _mc b
+DELETE FROM model_calls t USING _mc_rows b
 WHERE t.execution_id = b.execution_id AND t.request_id = b.request_id;
 
 INSERT INTO model_calls BY NAME SELECT * FROM _mc_rows;
 
 -- tool calls, one row per call ----------------------------------------------------
-CREATE OR REPLACE TEMP TABLE _tc AS
-SELECT session_id AS execution_id,
-       f.call_id AS id,
-       arg_min(f.step, seq) FILTER (type = 'ToolCallProposed') AS step_number,
-       arg_min(f.tool, seq) FILTER (type = 'ToolCallProposed') AS tool_name,
-       arg_min(f.input, seq) FILTER (type = 'ToolCallProposed') AS tool_input,
-       min(ts) FILTER (type = 'ToolCallProposed') AS called_at,
-       arg_max(f.output, seq) FILTER (type = 'ToolCallCompleted') AS tool_output,
-       arg_max(CASE type
-                   WHEN 'ToolCallProposed' THEN 'pending'
-                   WHEN 'ToolCallRejected' THEN 'denied'
-                   WHEN 'ReviewRequested' THEN 'awaiting_review'
-                   WHEN 'ReviewDecided' THEN
-                       CASE WHEN f.approved THEN 'pending' ELSE 'denied' END
-                   WHEN 'ToolCallStarted' THEN 'running'
-                   WHEN 'ToolCallCompleted' THEN
-                       CASE WHEN f.is_error THEN 'failed' ELSE 'succeeded' END
-                   ELSE 'failed' END, seq)
-           FILTER (type <> 'ToolCallVetted') AS status,
-       arg_max(f.risk, seq) FILTER (type = 'ToolCallVetted') AS risk,
-       arg_max(f.verdict, seq) FILTER (type = 'ToolCallVetted') AS verdict,
-       arg_max(f.rule, seq) FILTER (type = 'ToolCallVetted') AS rule,
-       arg_max(f.reason, seq) FILTER (type IN ('ToolCallVetted', 'ReviewRequested')) AS reason,
-       arg_max(f.latency_ms, seq)
-           FILTER (type IN ('ToolCallCompleted', 'ToolCallFailed')) AS latency_ms,
-       arg_max(CASE type
-                   WHEN 'ToolCallRejected' THEN f.reason
-                   WHEN 'ToolCallFailed' THEN f.error
-                   ELSE coalesce(nullif(f.note, ''), 'denied') END, seq)
-           FILTER (type IN ('ToolCallRejected', 'ToolCallFailed')
-                   OR (type = 'ReviewDecided' AND NOT f.approved)) AS error,
-       arg_max(type = 'ReviewRequested' AND f.in_doubt, seq)
-           FILTER (type = 'ReviewRequested'
-                   OR (type = 'ReviewDecided' AND f.approved)) AS in_doubt,
-       count(*) FILTER (type = 'ReviewRequested') AS reviews,
-       arg_max(ts, seq) FILTER (type = 'ReviewRequested') AS review_requested_at,
-       arg_max(ts, seq) FILTER (type = 'ReviewDecided') AS reviewed_at,
-       arg_max(f.reviewer, seq) FILTER (type = 'ReviewDecided') AS reviewer,
-       arg_max(f.note, seq) FILTER (type = 'ReviewDecided') AS review_note,
-       count(*) FILTER (type = 'ToolCallStarted') AS attempts,
-       arg_max(f.idempotency_key, seq) FILTER (type = 'ToolCallStarted') AS idempotency_key,
-       arg_max(ts, seq)
-           FILTER (type IN ('ToolCallCompleted', 'ToolCallFailed', 'ToolCallRejected')) AS finished_at
-FROM _new
-WHERE type IN ('ToolCallProposed', 'ToolCallVetted', 'ToolCallRejected', 'ReviewRequested',
-               'ReviewDecided', 'ToolCallStarted', 'ToolCallCompleted', 'ToolCallFailed')
-GROUP BY session_id, f.call_id;
-
 CREATE OR REPLACE TEMP TABLE _tc_rows AS
+WITH b AS (
+    SELECT session_id AS execution_id,
+           f.call_id AS id,
+           -- the proposal, the vetting and the decision: each event's fields at once
+           -- (none of them is ever NULL)
+           arg_min({'step': f.step, 'tool': f.tool, 'input': f.input}, seq)
+               FILTER (type = 'ToolCallProposed') AS p,
+           min(ts) FILTER (type = 'ToolCallProposed') AS called_at,
+           arg_max(f.output, seq) FILTER (type = 'ToolCallCompleted') AS tool_output,
+           arg_max(CASE type
+                       WHEN 'ToolCallProposed' THEN 'pending'
+                       WHEN 'ToolCallRejected' THEN 'denied'
+                       WHEN 'ReviewRequested' THEN 'awaiting_review'
+                       WHEN 'ReviewDecided' THEN
+                           CASE WHEN f.approved THEN 'pending' ELSE 'denied' END
+                       WHEN 'ToolCallStarted' THEN 'running'
+                       WHEN 'ToolCallCompleted' THEN
+                           CASE WHEN f.is_error THEN 'failed' ELSE 'succeeded' END
+                       ELSE 'failed' END, seq)
+               FILTER (type <> 'ToolCallVetted') AS status,
+           arg_max({'risk': f.risk, 'verdict': f.verdict, 'rule': f.rule}, seq)
+               FILTER (type = 'ToolCallVetted') AS v,
+           arg_max(f.reason, seq) FILTER (type IN ('ToolCallVetted', 'ReviewRequested')) AS reason,
+           arg_max(f.latency_ms, seq)
+               FILTER (type IN ('ToolCallCompleted', 'ToolCallFailed')) AS latency_ms,
+           arg_max(CASE type
+                       WHEN 'ToolCallRejected' THEN f.reason
+                       WHEN 'ToolCallFailed' THEN f.error
+                       ELSE coalesce(nullif(f.note, ''), 'denied') END, seq)
+               FILTER (type IN ('ToolCallRejected', 'ToolCallFailed')
+                       OR (type = 'ReviewDecided' AND NOT f.approved)) AS error,
+           arg_max(type = 'ReviewRequested' AND f.in_doubt, seq)
+               FILTER (type = 'ReviewRequested'
+                       OR (type = 'ReviewDecided' AND f.approved)) AS in_doubt,
+           count(*) FILTER (type = 'ReviewRequested') AS reviews,
+           arg_max(ts, seq) FILTER (type = 'ReviewRequested') AS review_requested_at,
+           arg_max({'at': ts, 'reviewer': f.reviewer, 'note': f.note}, seq)
+               FILTER (type = 'ReviewDecided') AS d,
+           count(*) FILTER (type = 'ToolCallStarted') AS attempts,
+           arg_max(f.idempotency_key, seq) FILTER (type = 'ToolCallStarted') AS idempotency_key,
+           arg_max(ts, seq)
+               FILTER (type IN ('ToolCallCompleted', 'ToolCallFailed', 'ToolCallRejected')) AS finished_at
+    FROM _new
+    WHERE type IN ('ToolCallProposed', 'ToolCallVetted', 'ToolCallRejected', 'ReviewRequested',
+                   'ReviewDecided', 'ToolCallStarted', 'ToolCallCompleted', 'ToolCallFailed')
+    GROUP BY session_id, f.call_id
+)
 SELECT b.id,
        b.execution_id,
-       coalesce(t.step_number, b.step_number) AS step_number,
-       coalesce(t.tool_name, b.tool_name) AS tool_name,
-       coalesce(t.tool_input, b.tool_input) AS tool_input,
+       coalesce(t.step_number, b.p.step) AS step_number,
+       coalesce(t.tool_name, b.p.tool) AS tool_name,
+       coalesce(t.tool_input, b.p.input) AS tool_input,
        coalesce(b.tool_output, t.tool_output) AS tool_output,
        coalesce(b.status, t.status, 'pending') AS status,
-       coalesce(b.risk, t.risk) AS risk,
-       coalesce(b.verdict, t.verdict) AS verdict,
+       coalesce(b.v.risk, t.risk) AS risk,
+       coalesce(b.v.verdict, t.verdict) AS verdict,
        coalesce(b.latency_ms, t.latency_ms) AS latency_ms,
        coalesce(b.error, t.error) AS error,
        coalesce(t.called_at, b.called_at) AS called_at,
        coalesce(b.reason, t.reason) AS reason,
-       coalesce(b.rule, t.rule) AS rule,
+       coalesce(b.v.rule, t.rule) AS rule,
        coalesce(b.in_doubt, t.in_doubt, false) AS in_doubt,
        coalesce(t.reviews, 0) + b.reviews AS reviews,
        coalesce(b.review_requested_at, t.review_requested_at) AS review_requested_at,
-       coalesce(b.reviewed_at, t.reviewed_at) AS reviewed_at,
-       coalesce(b.reviewer, t.reviewer) AS reviewer,
-       coalesce(b.review_note, t.review_note) AS review_note,
+       coalesce(b.d.at, t.reviewed_at) AS reviewed_at,
+       coalesce(b.d.reviewer, t.reviewer) AS reviewer,
+       coalesce(b.d.note, t.review_note) AS review_note,
        coalesce(t.attempts, 0) + b.attempts AS attempts,
        coalesce(b.idempotency_key, t.idempotency_key) AS idempotency_key,
        coalesce(b.finished_at, t.finished_at) AS finished_at
-FROM _tc b
+FROM b
 LEFT JOIN agent_tool_calls t ON t.execution_id = b.execution_id AND t.id = b.id;
 
-DELETE FROM agent_tool_calls t USING _tc b
+DELETE FROM agent_tool_calls t USING _tc_rows b
 WHERE t.execution_id = b.execution_id AND t.id = b.id;
 
 INSERT INTO agent_tool_calls BY NAME SELECT * FROM _tc_rows;
 
 -- steps: latency a step spent working (its model calls + its tool calls), -------------
 -- recomputed for every step the batch touched; exact sums (DECIMAL).
-CREATE OR REPLACE TEMP TABLE _st AS
-SELECT DISTINCT execution_id, step_number
-FROM (SELECT execution_id, step_number FROM _mc_rows
-      UNION ALL
-      SELECT execution_id, step_number FROM _tc_rows)
-WHERE step_number IS NOT NULL;
-
 CREATE OR REPLACE TEMP TABLE _st_rows AS
-WITH m AS (
+WITH k AS (
+    SELECT DISTINCT execution_id, step_number
+    FROM (SELECT execution_id, step_number FROM _mc_rows
+          UNION ALL
+          SELECT execution_id, step_number FROM _tc_rows)
+    WHERE step_number IS NOT NULL
+), m AS (
     SELECT m.execution_id, m.step_number, sum(m.latency_ms::DECIMAL(18, 6)) AS ms
-    FROM model_calls m SEMI JOIN _st k
+    FROM model_calls m SEMI JOIN k
         ON m.execution_id = k.execution_id AND m.step_number = k.step_number
     WHERE m.status = 'responded' AND m.latency_ms IS NOT NULL
     GROUP BY m.execution_id, m.step_number
 ), t AS (
     SELECT t.execution_id, t.step_number, sum(t.latency_ms::DECIMAL(18, 6)) AS ms
-    FROM agent_tool_calls t SEMI JOIN _st k
+    FROM agent_tool_calls t SEMI JOIN k
         ON t.execution_id = k.execution_id AND t.step_number = k.step_number
     WHERE t.latency_ms IS NOT NULL
     GROUP BY t.execution_id, t.step_number
 )
 SELECT k.execution_id, k.step_number, m.ms AS model_ms, t.ms AS tool_ms
-FROM _st k
+FROM k
 LEFT JOIN m ON m.execution_id = k.execution_id AND m.step_number = k.step_number
 LEFT JOIN t ON t.execution_id = k.execution_id AND t.step_number = k.step_number;
 
-DELETE FROM agent_steps s USING _st k
+DELETE FROM agent_steps s USING _st_rows k
 WHERE s.execution_id = k.execution_id AND s.step_number = k.step_number;
 
 INSERT INTO agent_steps BY NAME
@@ -176,56 +173,52 @@ FROM _st_rows
 WHERE model_ms IS NOT NULL OR tool_ms IS NOT NULL;
 
 -- sessions, one row each ----------------------------------------------------------
-CREATE OR REPLACE TEMP TABLE _ex AS
-SELECT session_id AS id,
-       min("partition") AS "partition",
-       arg_min(f.task_id, seq) FILTER (type = 'SessionCreated') AS task_id,
-       arg_min(f.tenant, seq) FILTER (type = 'SessionCreated') AS tenant,
-       arg_min(f.agent_type, seq) FILTER (type = 'SessionCreated') AS agent_type,
-       arg_min(f.model, seq) FILTER (type = 'SessionCreated') AS model,
-       arg_min(f.prompt, seq) FILTER (type = 'SessionCreated') AS input_data,
-       arg_min(f.limits, seq) FILTER (type = 'SessionCreated') AS limits,
-       arg_min(f.tools, seq) FILTER (type = 'SessionCreated') AS tools,
-       arg_min(f.workspace, seq) FILTER (type = 'SessionCreated') AS workspace,
-       min(ts) FILTER (type = 'SessionCreated') AS created_at,
-       count(*) FILTER (type = 'SessionClaimed') AS claims,
-       arg_max(f.owner, seq) FILTER (type = 'SessionClaimed') AS owner,
-       max(epoch) AS epoch,
-       max(seq) AS seq,
-       arg_max(ts, seq) AS updated_at,
-       bool_or(type = 'CancelRequested') AS cancel_requested,
-       arg_max(CASE type WHEN 'SessionCompleted' THEN 'completed'
-                         WHEN 'SessionFailed' THEN 'failed'
-                         ELSE 'cancelled' END, seq)
-           FILTER (type IN ('SessionCompleted', 'SessionFailed', 'SessionCancelled')) AS ended_status,
-       arg_max(ts, seq)
-           FILTER (type IN ('SessionCompleted', 'SessionFailed', 'SessionCancelled')) AS completed_at,
-       arg_max(f.result, seq) FILTER (type = 'SessionCompleted') AS result,
-       arg_max(f.error, seq) FILTER (type = 'SessionFailed') AS error,
-       max(f.step) FILTER (type = 'ModelCallRequested') AS step_count,
-       coalesce(sum(f.input_tokens) FILTER (type = 'ModelResponded'), 0) AS input_tokens,
-       coalesce(sum(f.output_tokens) FILTER (type = 'ModelResponded'), 0) AS output_tokens,
-       coalesce(sum(f.cost_usd::DECIMAL(20, 10)) FILTER (type = 'ModelResponded'), 0) AS cost_usd,
-       arg_max(CASE WHEN type = 'ModelCallRequested' THEN f.request_id ELSE '' END, seq)
-           FILTER (type IN ('ModelCallRequested', 'ModelResponded', 'ModelCallFailed')) AS pending_request,
-       count(*) FILTER (type = 'ModelCallRetried') AS model_retries,
-       count(*) FILTER (type = 'ContextCompacted') AS compactions,
-       count(*) FILTER (type = 'UnknownEvent') AS unknown_events,
-       count(*) AS events
-FROM _new
-GROUP BY session_id;
-
-CREATE OR REPLACE TEMP TABLE _aw AS
-SELECT execution_id AS id, count(*) AS awaiting
-FROM agent_tool_calls
-WHERE status = 'awaiting_review' AND execution_id IN (SELECT id FROM _ex)
-GROUP BY execution_id;
-
 CREATE OR REPLACE TEMP TABLE _ex_merged AS
+WITH b AS (
+    SELECT session_id AS id,
+           min("partition") AS "partition",
+           -- the task as created, every field at once (none of them is ever NULL)
+           arg_min({'task_id': f.task_id, 'tenant': f.tenant, 'agent_type': f.agent_type,
+                    'model': f.model, 'input_data': f.prompt, 'limits': f.limits,
+                    'tools': f.tools, 'workspace': f.workspace}, seq)
+               FILTER (type = 'SessionCreated') AS c,
+           min(ts) FILTER (type = 'SessionCreated') AS created_at,
+           count(*) FILTER (type = 'SessionClaimed') AS claims,
+           arg_max(f.owner, seq) FILTER (type = 'SessionClaimed') AS owner,
+           max(epoch) AS epoch,
+           max(seq) AS seq,
+           arg_max(ts, seq) AS updated_at,
+           bool_or(type = 'CancelRequested') AS cancel_requested,
+           arg_max(CASE type WHEN 'SessionCompleted' THEN 'completed'
+                             WHEN 'SessionFailed' THEN 'failed'
+                             ELSE 'cancelled' END, seq)
+               FILTER (type IN ('SessionCompleted', 'SessionFailed', 'SessionCancelled')) AS ended_status,
+           arg_max(ts, seq)
+               FILTER (type IN ('SessionCompleted', 'SessionFailed', 'SessionCancelled')) AS completed_at,
+           arg_max(f.result, seq) FILTER (type = 'SessionCompleted') AS result,
+           arg_max(f.error, seq) FILTER (type = 'SessionFailed') AS error,
+           max(f.step) FILTER (type = 'ModelCallRequested') AS step_count,
+           coalesce(sum(f.input_tokens) FILTER (type = 'ModelResponded'), 0) AS input_tokens,
+           coalesce(sum(f.output_tokens) FILTER (type = 'ModelResponded'), 0) AS output_tokens,
+           coalesce(sum(f.cost_usd::DECIMAL(20, 10)) FILTER (type = 'ModelResponded'), 0) AS cost_usd,
+           arg_max(CASE WHEN type = 'ModelCallRequested' THEN f.request_id ELSE '' END, seq)
+               FILTER (type IN ('ModelCallRequested', 'ModelResponded', 'ModelCallFailed')) AS pending_request,
+           count(*) FILTER (type = 'ModelCallRetried') AS model_retries,
+           count(*) FILTER (type = 'ContextCompacted') AS compactions,
+           count(*) FILTER (type = 'UnknownEvent') AS unknown_events,
+           count(*) AS events
+    FROM _new
+    GROUP BY session_id
+), a AS (
+    SELECT execution_id AS id, count(*) AS awaiting
+    FROM agent_tool_calls
+    WHERE status = 'awaiting_review' AND execution_id IN (SELECT id FROM b)
+    GROUP BY execution_id
+)
 SELECT b.id,
-       coalesce(t.tenant, b.tenant) AS tenant,
-       coalesce(t.agent_type, b.agent_type) AS agent_type,
-       coalesce(t.input_data, b.input_data) AS input_data,
+       coalesce(t.tenant, b.c.tenant) AS tenant,
+       coalesce(t.agent_type, b.c.agent_type) AS agent_type,
+       coalesce(t.input_data, b.c.input_data) AS input_data,
        coalesce(b.result, t.result) AS result,
        coalesce(b.error, t.error) AS error,
        greatest(coalesce(t.step_count, 0), coalesce(b.step_count, 0)) AS step_count,
@@ -235,8 +228,8 @@ SELECT b.id,
        coalesce(t.created_at, b.created_at) AS created_at,
        b.updated_at,
        coalesce(b.completed_at, t.completed_at) AS completed_at,
-       coalesce(t.task_id, b.task_id) AS task_id,
-       coalesce(t.model, b.model) AS model,
+       coalesce(t.task_id, b.c.task_id) AS task_id,
+       coalesce(t.model, b.c.model) AS model,
        coalesce(t."partition", b."partition") AS "partition",
        coalesce(b.owner, t.owner) AS owner,
        greatest(coalesce(t.epoch, 0), b.epoch) AS epoch,
@@ -249,15 +242,15 @@ SELECT b.id,
        coalesce(t.cancel_requested, false) OR b.cancel_requested AS cancel_requested,
        coalesce(t.unknown_events, 0) + b.unknown_events AS unknown_events,
        coalesce(t.events, 0) + b.events AS events,
-       coalesce(t.limits, b.limits) AS limits,
-       coalesce(t.tools, b.tools) AS tools,
-       coalesce(t.workspace, b.workspace) AS workspace,
+       coalesce(t.limits, b.c.limits) AS limits,
+       coalesce(t.tools, b.c.tools) AS tools,
+       coalesce(t.workspace, b.c.workspace) AS workspace,
        coalesce(a.awaiting, 0) AS awaiting_reviews
-FROM _ex b
+FROM b
 LEFT JOIN agent_executions t ON t.id = b.id
-LEFT JOIN _aw a ON a.id = b.id;
+LEFT JOIN a ON a.id = b.id;
 
-DELETE FROM agent_executions t USING _ex b WHERE t.id = b.id;
+DELETE FROM agent_executions t USING _ex_merged b WHERE t.id = b.id;
 
 INSERT INTO agent_executions BY NAME
 SELECT *,
@@ -274,6 +267,4 @@ SELECT *,
                    'workspace', workspace) AS state
 FROM _ex_merged;
 
-DROP TABLE _mc; DROP TABLE _mc_rows; DROP TABLE _tc; DROP TABLE _tc_rows;
-DROP TABLE _st; DROP TABLE _st_rows;
-DROP TABLE _ex; DROP TABLE _aw; DROP TABLE _ex_merged;
+DROP TABLE _mc_rows; DROP TABLE _tc_rows; DROP TABLE _st_rows; DROP TABLE _ex_merged;

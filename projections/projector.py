@@ -369,8 +369,12 @@ class Projector:
             con.execute(_EVENTS_FROM_BATCH)
             con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {_NEW_ROWS}")
             _fold_new(con)
-            for index, position in moved.items():
-                con.execute("INSERT OR REPLACE INTO _checkpoints VALUES (?, ?)", [index, position])
+            con.execute(
+                "INSERT OR REPLACE INTO _checkpoints SELECT * FROM (VALUES "
+                + ", ".join(["(?::INTEGER, ?::BIGINT)"] * len(moved))
+                + ")",
+                [value for item in moved.items() for value in item],
+            )
             if not commit:  # tests: a crash between the rows and the commit
                 raise _SimulatedCrash
             con.execute("COMMIT")

@@ -9,21 +9,24 @@
 2. full rebuild (``Projector.rebuild``, a process pool decoding segments):
    events/s, median of ``--repeats``;
 3. ``agent_health_metrics`` over the whole table: median of 5 runs;
-4. catch-up lag: a writer appends ``--rate`` events/s (a fleet's shape, one
-   step per append) while the projector tails the log; lag = time from an
-   append's acknowledgement to its rows being committed in DuckDB (p50, p95).
+4. catch-up lag: another process appends ``--rate`` events/s for
+   ``--lag-seconds`` (100 sessions side by side, one step per append, as a
+   fleet's hosts) while this one tails the log as a fleet's projector does;
+   lag = time from an append's acknowledgement to the commit of the round
+   that projected it (p50, p95).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
+import multiprocessing
 import random
 import resource
 import shutil
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -121,70 +124,89 @@ def bench_metrics(home: Path) -> float:
     return statistics.median(times)
 
 
-def bench_lag(home: Path, rate: int, seconds: float) -> tuple[float, float, int]:
-    """Append at ``rate`` events/s to a third partition while a projector tails the log."""
-    log = FileLog.open(home / "log" / "p2")
-    acked: dict[int, float] = {}  # last position of an append -> when it was acknowledged
-    lags: list[float] = []
-    stop = threading.Event()
-    projector = Projector.open(home)
-    projector.catch_up()
+def _lag_writer(log_dir: str, rate: int, seconds: float, out: str) -> None:
+    """Child process: a fleet's sessions appending ``rate`` events/s for ``seconds``.
 
-    def tail() -> None:
-        while not stop.is_set() or projector.lag().get(2, 0):
-            if not projector.step(50_000):
-                time.sleep(0.01)
-                continue
-            now = time.perf_counter()
-            done = projector.checkpoints().get(2, 0)
-            # (list() copies the keys in one step: the writer adds to them meanwhile)
-            for position in [p for p in list(acked) if p <= done]:
-                lags.append(now - acked.pop(position))
-
-    tailer = threading.Thread(target=tail)
-    tailer.start()
+    Writes the events written and ``[last position of an append, monotonic time
+    it was acknowledged]`` pairs to ``out`` (CLOCK_MONOTONIC is one clock for
+    every process on a machine).
+    """
+    log = FileLog.open(Path(log_dir))
     rng = random.Random(99)
+    run = time.strftime("%H%M%S")  # session ids of their own when p2 is reused
+    acked: list[tuple[int, float]] = []
     written = 0
-    started = time.perf_counter()
+    started = time.monotonic()
+
+    async def session(index: int) -> None:
+        nonlocal written
+        sid = f"s-lag-{run}-{index:06d}"
+        seq = 0
+        for append in session_history(random.Random(rng.random()), sid, max_steps=20):
+            # Pace the whole fleet to the target rate.
+            while (delay := started + written / rate - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            if time.monotonic() - started >= seconds:
+                return
+            written += len(append.events)
+            result = await log.append_async(sid, append.events, seq, append.epoch)
+            acked.append((result.last_position, time.monotonic()))
+            seq += len(append.events)
+
+    async def write() -> None:
+        # Sessions in flight side by side, as in a fleet: one writer appending
+        # step after step waits for each fsync and cannot reach the rate.
+        index = 0
+        running: set[asyncio.Task[None]] = set()
+        while time.monotonic() - started < seconds:
+            while len(running) < _LAG_IN_FLIGHT:
+                running.add(asyncio.create_task(session(index)))
+                index += 1
+            _done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.gather(*running)
+
     try:
-
-        async def session(index: int) -> None:
-            nonlocal written
-            sid = f"s-lag-{index:06d}"
-            seq = 0
-            for append in session_history(random.Random(rng.random()), sid, max_steps=20):
-                # Pace the whole fleet to the target rate.
-                while (delay := started + written / rate - time.perf_counter()) > 0:
-                    await asyncio.sleep(delay)
-                if time.perf_counter() - started >= seconds:
-                    return
-                written += len(append.events)
-                result = await log.append_async(sid, append.events, seq, append.epoch)
-                acked[result.last_position] = time.perf_counter()
-                seq += len(append.events)
-
-        async def write() -> None:
-            # Sessions in flight side by side, as in a fleet: one writer appending
-            # step after step waits for each fsync and cannot reach the rate.
-            index = 0
-            running: set[asyncio.Task[None]] = set()
-            while time.perf_counter() - started < seconds:
-                while len(running) < _LAG_IN_FLIGHT:
-                    running.add(asyncio.create_task(session(index)))
-                    index += 1
-                _done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            await asyncio.gather(*running)
-
         asyncio.run(write())
     finally:
-        stop.set()
-        tailer.join()
-        projector.close()
         log.close()
-    lags.sort()
-    p50 = lags[len(lags) // 2]
-    p95 = lags[int(len(lags) * 0.95)]
-    return p50, p95, written
+    Path(out).write_text(json.dumps({"events": written, "acked": acked}))
+
+
+def bench_lag(home: Path, rate: int, seconds: float) -> tuple[float, float, int]:
+    """Append at ``rate`` events/s to a third partition while a projector tails the log.
+
+    The writer is another process, as a fleet's hosts are to its projector
+    actor; lag = time from an append's acknowledgement to the commit of the
+    round that projected it.
+    """
+    projector = Projector.open(home)
+    projector.catch_up()
+    out = home / "lag-acks.json"
+    ctx = multiprocessing.get_context("spawn")
+    writer = ctx.Process(
+        target=_lag_writer, args=(str(home / "log" / "p2"), rate, seconds, str(out))
+    )
+    committed: list[tuple[float, int]] = []  # (when, checkpoint of p2 after the round)
+    try:
+        writer.start()
+        while writer.is_alive() or projector.lag().get(2, 0):
+            if projector.step(50_000):
+                committed.append((time.monotonic(), projector.checkpoints().get(2, 0)))
+            else:
+                time.sleep(0.01)
+        if writer.exitcode != 0:
+            raise SystemExit(f"lag writer failed (exit {writer.exitcode})")
+    finally:
+        writer.join()
+        projector.close()
+    report = json.loads(out.read_text())
+    out.unlink()
+    done = [position for _when, position in committed]
+    lags = sorted(
+        committed[bisect.bisect_left(done, position)][0] - when
+        for position, when in report["acked"]
+    )
+    return lags[len(lags) // 2], lags[int(len(lags) * 0.95)], report["events"]
 
 
 def main() -> None:
@@ -193,7 +215,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rate", type=int, default=10_000, help="events/s for the lag test")
-    parser.add_argument("--lag-seconds", type=float, default=20.0)
+    parser.add_argument("--lag-seconds", type=float, default=60.0)
     parser.add_argument("--dir", default="bench/out/projections", help="where logs are kept")
     args = parser.parse_args()
     home = prepared_home(Path(args.dir), args.sessions, args.events)

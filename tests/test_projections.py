@@ -469,6 +469,33 @@ def test_a_rebuild_decoded_by_a_process_pool_gives_the_same_rows(tmp_path: Path)
         assert snapshot(projector) == incremental
 
 
+@pytest.mark.usefixtures("ray_session")
+def test_a_rebuild_with_a_process_pool_inside_a_ray_worker(tmp_path: Path) -> None:
+    # The fleet's projector is a Ray actor: a rebuild there spawns its decoding
+    # pool from a Ray worker process (whose __main__ is Ray's, not ours).
+    import ray
+
+    _write_random_fleet(tmp_path, random.Random(5), 30, 2)
+    with Projector.open(tmp_path) as projector:
+        projector.catch_up()
+        expected = snapshot(projector)
+    (tmp_path / "projections.duckdb").unlink()
+
+    def in_a_worker(home: str, tables: tuple[str, ...]) -> tuple[str, dict[str, list[Any]]]:
+        from fleetlog.projections.projector import Projector as InWorker
+
+        with InWorker.open(Path(home), rebuild_from=1) as projector:  # rebuilt on open
+            reason = projector.rebuilt_on_open
+            projector.rebuild(workers=2, pool_from=0)  # and by a process pool
+            with projector.cursor() as cur:
+                rows = {t: sorted(cur.execute(f"FROM {t}").fetchall(), key=repr) for t in tables}
+        return reason, rows
+
+    reason, rows = ray.get(ray.remote(in_a_worker).remote(str(tmp_path), TABLES), timeout=120)
+    assert "events behind the log" in reason
+    assert rows == expected
+
+
 # --- metrics on a known fleet ------------------------------------------------------------------
 
 

@@ -369,12 +369,7 @@ class Projector:
             con.execute(_EVENTS_FROM_BATCH)
             con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {_NEW_ROWS}")
             _fold_new(con)
-            con.execute(
-                "INSERT OR REPLACE INTO _checkpoints SELECT * FROM (VALUES "
-                + ", ".join(["(?::INTEGER, ?::BIGINT)"] * len(moved))
-                + ")",
-                [value for item in moved.items() for value in item],
-            )
+            _move_checkpoints(con, moved)
             if not commit:  # tests: a crash between the rows and the commit
                 raise _SimulatedCrash
             con.execute("COMMIT")
@@ -401,7 +396,7 @@ class Projector:
 
     def _stale(self, rebuild_from: int) -> str:
         """Why the tables should be rebuilt rather than caught up, or ''."""
-        heads = {index: LogTail(path).head() for index, path in partitions(self.home)}
+        heads = _heads(partitions(self.home))
         done = self.checkpoints()
         for index, position in done.items():
             if position > heads.get(index, 0):
@@ -418,8 +413,8 @@ class Projector:
         """Events per partition that are in the log but not yet projected."""
         done = self.checkpoints()
         return {
-            index: max(LogTail(path).head() - done.get(index, 0), 0)
-            for index, path in partitions(self.home)
+            index: max(head - done.get(index, 0), 0)
+            for index, head in _heads(partitions(self.home)).items()
         }
 
     # --- rebuilding ------------------------------------------------------------------------
@@ -445,14 +440,14 @@ class Projector:
         con = _connect(tmp)
         try:
             self._create_schema(con)
-            heads: dict[int, int] = {}
-            jobs: list[tuple[str, int, str, int]] = []
-            for index, path in partitions(self.home):
-                head = LogTail(path).head()
-                heads[index] = head
-                for base, seg in segment_bases(path):
-                    if base <= head:
-                        jobs.append((str(path), index, str(seg), head))
+            parts = partitions(self.home)
+            heads = _heads(parts)
+            jobs = [
+                (str(path), index, str(seg), heads[index])
+                for index, path in parts
+                for base, seg in segment_bases(path)
+                if base <= heads[index]
+            ]
             total_events = sum(heads.values())
             # One partition at a time: a session's stream never leaves its
             # partition, so a partition's rows are folded into empty stand-ins
@@ -487,9 +482,8 @@ class Projector:
                 if pending:
                     _fold_new(con)
                 _flush_stand_ins(con)
-            for index, head in heads.items():
-                if head:
-                    con.execute("INSERT INTO _checkpoints VALUES (?, ?)", [index, head])
+            if moved := {index: head for index, head in heads.items() if head}:
+                _move_checkpoints(con, moved)
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -530,6 +524,21 @@ class Projector:
             args.append("agent := ?::VARCHAR")
             params.append(agent_type)
         return self.query(f"SELECT * FROM agent_health({', '.join(args)})", params)
+
+
+def _heads(parts: list[tuple[int, Path]]) -> dict[int, int]:
+    """The last whole position of each partition now (0 for an empty one)."""
+    return {index: LogTail(path).head() for index, path in parts}
+
+
+def _move_checkpoints(con: duckdb.DuckDBPyConnection, positions: dict[int, int]) -> None:
+    """Set the checkpoints of these partitions, in one statement."""
+    con.execute(
+        "INSERT OR REPLACE INTO _checkpoints SELECT * FROM (VALUES "
+        + ", ".join(["(?::INTEGER, ?::BIGINT)"] * len(positions))
+        + ")",
+        [value for item in positions.items() for value in item],
+    )
 
 
 _FOLDED: Final = ("agent_executions", "agent_tool_calls", "model_calls", "agent_steps")

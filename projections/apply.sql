@@ -1,9 +1,14 @@
--- Fold the events in `_new` (a batch, or the whole log on rebuild) into the
--- tables. Every merge is associative, so any split of the log into batches
+-- Fold the events in `_new` (a batch, or a chunk of a partition on rebuild) into
+-- the tables. Every merge is associative, so any split of the log into batches
 -- gives the same rows: sums and counts add up, "first" values keep the old
 -- row's, "last" values take the batch's (a batch is always later in each
 -- session's stream than what is already folded), maxima take the greater.
 -- Costs are DECIMAL so that sums do not depend on the order of additions.
+--
+-- Only the `_open` tables are read and written here: before this runs, the rows
+-- of any session of the batch that are in the `_ended` tables are moved back
+-- (projector.py, `_fold_new`). So a round's joins and deletes touch the rows of
+-- the sessions the fleet is working on, however long the history.
 
 -- model calls, one row per request ------------------------------------------------
 CREATE OR REPLACE TEMP TABLE _mc_rows AS
@@ -50,12 +55,12 @@ SELECT b.execution_id,
        coalesce(b.status_code, t.status_code) AS status_code,
        coalesce(b.r.responded_at, t.responded_at) AS responded_at
 FROM b
-LEFT JOIN model_calls t ON t.execution_id = b.execution_id AND t.request_id = b.request_id;
+LEFT JOIN _model_calls_open t ON t.execution_id = b.execution_id AND t.request_id = b.request_id;
 
-DELETE FROM model_calls t USING _mc_rows b
+DELETE FROM _model_calls_open t USING _mc_rows b
 WHERE t.execution_id = b.execution_id AND t.request_id = b.request_id;
 
-INSERT INTO model_calls BY NAME SELECT * FROM _mc_rows;
+INSERT INTO _model_calls_open BY NAME SELECT * FROM _mc_rows;
 
 -- tool calls, one row per call ----------------------------------------------------
 CREATE OR REPLACE TEMP TABLE _tc_rows AS
@@ -130,12 +135,12 @@ SELECT b.id,
        coalesce(b.idempotency_key, t.idempotency_key) AS idempotency_key,
        coalesce(b.finished_at, t.finished_at) AS finished_at
 FROM b
-LEFT JOIN agent_tool_calls t ON t.execution_id = b.execution_id AND t.id = b.id;
+LEFT JOIN _agent_tool_calls_open t ON t.execution_id = b.execution_id AND t.id = b.id;
 
-DELETE FROM agent_tool_calls t USING _tc_rows b
+DELETE FROM _agent_tool_calls_open t USING _tc_rows b
 WHERE t.execution_id = b.execution_id AND t.id = b.id;
 
-INSERT INTO agent_tool_calls BY NAME SELECT * FROM _tc_rows;
+INSERT INTO _agent_tool_calls_open BY NAME SELECT * FROM _tc_rows;
 
 -- steps: latency a step spent working (its model calls + its tool calls), -------------
 -- recomputed for every step the batch touched; exact sums (DECIMAL).
@@ -148,13 +153,13 @@ WITH k AS (
     WHERE step_number IS NOT NULL
 ), m AS (
     SELECT m.execution_id, m.step_number, sum(m.latency_ms::DECIMAL(18, 6)) AS ms
-    FROM model_calls m SEMI JOIN k
+    FROM _model_calls_open m SEMI JOIN k
         ON m.execution_id = k.execution_id AND m.step_number = k.step_number
     WHERE m.status = 'responded' AND m.latency_ms IS NOT NULL
     GROUP BY m.execution_id, m.step_number
 ), t AS (
     SELECT t.execution_id, t.step_number, sum(t.latency_ms::DECIMAL(18, 6)) AS ms
-    FROM agent_tool_calls t SEMI JOIN k
+    FROM _agent_tool_calls_open t SEMI JOIN k
         ON t.execution_id = k.execution_id AND t.step_number = k.step_number
     WHERE t.latency_ms IS NOT NULL
     GROUP BY t.execution_id, t.step_number
@@ -164,10 +169,10 @@ FROM k
 LEFT JOIN m ON m.execution_id = k.execution_id AND m.step_number = k.step_number
 LEFT JOIN t ON t.execution_id = k.execution_id AND t.step_number = k.step_number;
 
-DELETE FROM agent_steps s USING _st_rows k
+DELETE FROM _agent_steps_open s USING _st_rows k
 WHERE s.execution_id = k.execution_id AND s.step_number = k.step_number;
 
-INSERT INTO agent_steps BY NAME
+INSERT INTO _agent_steps_open BY NAME
 SELECT *, coalesce(model_ms, 0) + coalesce(tool_ms, 0) AS latency_ms
 FROM _st_rows
 WHERE model_ms IS NOT NULL OR tool_ms IS NOT NULL;
@@ -206,12 +211,13 @@ WITH b AS (
            count(*) FILTER (type = 'ModelCallRetried') AS model_retries,
            count(*) FILTER (type = 'ContextCompacted') AS compactions,
            count(*) FILTER (type = 'UnknownEvent') AS unknown_events,
-           count(*) AS events
+           count(*) AS events,
+           max(position) AS last_position
     FROM _new
     GROUP BY session_id
 ), a AS (
     SELECT execution_id AS id, count(*) AS awaiting
-    FROM agent_tool_calls
+    FROM _agent_tool_calls_open
     WHERE status = 'awaiting_review' AND execution_id IN (SELECT id FROM b)
     GROUP BY execution_id
 )
@@ -245,14 +251,15 @@ SELECT b.id,
        coalesce(t.limits, b.c.limits) AS limits,
        coalesce(t.tools, b.c.tools) AS tools,
        coalesce(t.workspace, b.c.workspace) AS workspace,
-       coalesce(a.awaiting, 0) AS awaiting_reviews
+       coalesce(a.awaiting, 0) AS awaiting_reviews,
+       greatest(coalesce(t.last_position, 0), b.last_position) AS last_position
 FROM b
-LEFT JOIN agent_executions t ON t.id = b.id
+LEFT JOIN _agent_executions_open t ON t.id = b.id
 LEFT JOIN a ON a.id = b.id;
 
-DELETE FROM agent_executions t USING _ex_merged b WHERE t.id = b.id;
+DELETE FROM _agent_executions_open t USING _ex_merged b WHERE t.id = b.id;
 
-INSERT INTO agent_executions BY NAME
+INSERT INTO _agent_executions_open BY NAME
 SELECT *,
        CASE WHEN ended_status IS NOT NULL THEN ended_status
             WHEN awaiting_reviews > 0 THEN 'awaiting_review'

@@ -14,6 +14,11 @@ rename.
 Because every merge in ``apply.sql`` is associative, a rebuild and any
 sequence of incremental rounds give the same rows.
 
+Each folded table is two: the rows of running sessions (``_X_open``), which
+rounds join against and rewrite, and those of ended sessions (``_X_ended``),
+appended to when a session ends; a view of the plain name shows both. So a
+round costs what the batch and the running sessions cost, not the history.
+
 DuckDB allows one read-write process per file, so a Projector takes
 ``HOME/projections.lock`` for as long as it is open. While a fleet runs, its
 projector actor owns the file and CLI queries go through it; otherwise the CLI
@@ -64,13 +69,15 @@ __all__ = [
 ]
 
 #: Bump when tables.sql or apply.sql change what a row holds: older files are rebuilt.
-SCHEMA_VERSION: Final = "2"
+SCHEMA_VERSION: Final = "3"
 DB_FILE: Final = "projections.duckdb"
 LOCK_FILE: Final = "projections.lock"
 
 _SQL = resources.files("fleetlog.projections")
 TABLES_SQL: Final = (_SQL / "tables.sql").read_text()
 APPLY_SQL: Final = (_SQL / "apply.sql").read_text()
+#: Parsed once: parsing apply.sql costs ~11 ms, ~10% of a small round.
+_APPLY: Final = duckdb.extract_statements(APPLY_SQL)
 
 #: Every event field ``apply.sql`` reads, by name across all event types: each
 #: event's JSON is parsed once, into this struct (absent fields are NULL).
@@ -132,6 +139,18 @@ _POOL_MIN_EVENTS: Final = 400_000
 #: in memory (~1 KB per event, mostly its text fields); the larger the batch,
 #: the fewer merges.
 _FOLD_EVERY: Final = 1_000_000
+#: Sessions' rows are moved to the ``_ended`` tables once this many sessions in
+#: the ``_open`` ones have ended or gone quiet: a move is eight statements
+#: (~100 ms on two cores), and a few dozen such sessions there cost a round
+#: next to nothing.
+_PUSH_AT: Final = 64
+#: A session is quiet, and may move out, when its partition has taken this many
+#: events since its latest one (~100 s at 10,000 events/s). An event for it
+#: moves it back, which scans the ``_ended`` tables (~0.25 s at 10M events), so
+#: this is set well above a tool call's or a model call's usual length; it
+#: bounds the ``_open`` tables by the partitions' recent events, not by how many
+#: sessions were left waiting for a human forever.
+_QUIET_AFTER: Final = 1_000_000
 _READ_ONLY: Final = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
 
 
@@ -235,6 +254,9 @@ class Projector:
         # the file: a cursor never outlives the connection it came from.
         self._swap = threading.RLock()
         self.rebuilt_on_open = ""
+        #: When sessions move out of the ``_open`` tables (tests lower them).
+        self.push_at = _PUSH_AT
+        self.quiet_after = _QUIET_AFTER
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -368,7 +390,7 @@ class Projector:
             con.register("_batch", batch)
             con.execute(_EVENTS_FROM_BATCH)
             con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {_NEW_ROWS}")
-            _fold_new(con)
+            _fold_new(con, self.push_at, self.quiet_after)
             _move_checkpoints(con, moved)
             if not commit:  # tests: a crash between the rows and the commit
                 raise _SimulatedCrash
@@ -465,7 +487,7 @@ class Projector:
                 if job[1] != current:
                     if current is not None:
                         if pending:
-                            _fold_new(con)
+                            _fold_new(con, self.push_at, self.quiet_after)
                         _flush_stand_ins(con)
                     current, pending = job[1], 0
                     _create_stand_ins(con)
@@ -476,11 +498,11 @@ class Projector:
                 con.unregister("_batch")
                 pending += table.num_rows
                 if pending >= fold_every:
-                    _fold_new(con)
+                    _fold_new(con, self.push_at, self.quiet_after)
                     pending = 0
             if current is not None:
                 if pending:
-                    _fold_new(con)
+                    _fold_new(con, self.push_at, self.quiet_after)
                 _flush_stand_ins(con)
             if moved := {index: head for index, head in heads.items() if head}:
                 _move_checkpoints(con, moved)
@@ -541,7 +563,15 @@ def _move_checkpoints(con: duckdb.DuckDBPyConnection, positions: dict[int, int])
     )
 
 
-_FOLDED: Final = ("agent_executions", "agent_tool_calls", "model_calls", "agent_steps")
+#: The folded tables by the column naming their session; each is an ``_open`` and
+#: an ``_ended`` table (tables.sql).
+_FOLDED: Final = {
+    "agent_executions": "id",
+    "agent_tool_calls": "execution_id",
+    "model_calls": "execution_id",
+    "agent_steps": "execution_id",
+}
+_TWINS: Final = tuple(f"_{name}_{kind}" for name in _FOLDED for kind in ("open", "ended"))
 
 
 def _file_catalog(con: duckdb.DuckDBPyConnection) -> str:
@@ -554,22 +584,57 @@ def _file_catalog(con: duckdb.DuckDBPyConnection) -> str:
 def _create_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
     """Empty temp tables shadowing the folded tables: a rebuild folds a partition into them."""
     db = _file_catalog(con)
-    for name in _FOLDED:
+    for name in _TWINS:
         con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {db}.main.{name} LIMIT 0")
 
 
 def _flush_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
     """Append the stand-ins' rows to the file's tables and drop them."""
     db = _file_catalog(con)
-    for name in _FOLDED:
+    for name in _TWINS:
         con.execute(f"INSERT INTO {db}.main.{name} SELECT * FROM temp.main.{name}")
         con.execute(f"DROP TABLE temp.main.{name}")
 
 
-def _fold_new(con: duckdb.DuckDBPyConnection) -> None:
-    """Fold ``_new`` into the tables other than ``events``; ``_new`` is dropped."""
-    con.execute(APPLY_SQL)
+def _fold_new(con: duckdb.DuckDBPyConnection, push_at: int, quiet_after: int) -> None:
+    """Fold ``_new`` into the tables other than ``events``; ``_new`` is dropped.
+
+    The fold reads and writes the ``_open`` tables only (apply.sql). A session
+    of the batch whose rows are in the ``_ended`` tables (an event after its
+    end, or after it went quiet) has them moved back first. Once ``push_at``
+    sessions in the ``_open`` tables have ended or gone quiet (``quiet_after``
+    events of their partition since their latest), their rows are moved out.
+    Where a session's rows are is not part of what they say: the views show
+    both twins.
+    """
+    late = "SELECT id FROM _agent_executions_ended WHERE id IN (SELECT session_id FROM _new)"
+    if _sessions(con, late):
+        _move_sessions(con, "ended", "open")
+    for statement in _APPLY:
+        con.execute(statement)
+    done = f"""
+        WITH head AS (SELECT "partition", max(position) AS position FROM _new GROUP BY ALL)
+        SELECT s.id FROM _agent_executions_open s LEFT JOIN head USING ("partition")
+        WHERE s.ended_status IS NOT NULL OR s.last_position <= head.position - {int(quiet_after)}
+    """
+    if _sessions(con, done) >= push_at:
+        _move_sessions(con, "open", "ended")
     con.execute("DROP TABLE _new")
+    con.execute("DROP TABLE _moving")
+
+
+def _sessions(con: duckdb.DuckDBPyConnection, query: str) -> int:
+    """Collect these session ids into ``_moving``; how many there are."""
+    row = con.execute(f"CREATE OR REPLACE TEMP TABLE _moving AS {query}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _move_sessions(con: duckdb.DuckDBPyConnection, source: str, target: str) -> None:
+    """Move every row of the sessions in ``_moving`` from one twin to the other."""
+    for name, column in _FOLDED.items():
+        where = f"WHERE {column} IN (SELECT id FROM _moving)"
+        con.execute(f"INSERT INTO _{name}_{target} SELECT * FROM _{name}_{source} {where}")
+        con.execute(f"DELETE FROM _{name}_{source} {where}")
 
 
 class _SimulatedCrash(Exception):

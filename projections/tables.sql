@@ -21,7 +21,15 @@ CREATE TABLE events (
     data       JSON      NOT NULL USING COMPRESSION zstd
 );
 
-CREATE TABLE agent_executions (
+-- The folded tables come in twins, seen together through a view of the plain
+-- name: `_X_open` holds the rows of the sessions the fleet is working on, and
+-- `_X_ended` those of sessions that have ended or gone quiet, moved there in
+-- bunches (projector.py, `_fold_new`). A catch-up round reads and rewrites only
+-- `_open` rows, so its cost follows the live sessions, not the history; the
+-- `_ended` tables are appended to, and only an event for a session there (a
+-- late review decision, say) moves its rows back. Their rows come from the
+-- `_open` twin, which checks the constraints.
+CREATE TABLE _agent_executions_open (
     id               VARCHAR NOT NULL,
     tenant           VARCHAR,
     agent_type       VARCHAR,
@@ -57,10 +65,13 @@ CREATE TABLE agent_executions (
     limits           JSON,
     tools            JSON,
     workspace        VARCHAR,
-    awaiting_reviews INTEGER NOT NULL
+    awaiting_reviews INTEGER NOT NULL,
+    last_position    BIGINT  NOT NULL    -- of its latest event, in its partition
 );
+CREATE TABLE _agent_executions_ended AS FROM _agent_executions_open LIMIT 0;
+CREATE VIEW agent_executions AS FROM _agent_executions_ended UNION ALL FROM _agent_executions_open;
 
-CREATE TABLE agent_tool_calls (
+CREATE TABLE _agent_tool_calls_open (
     id                  VARCHAR NOT NULL,  -- the model's tool_use id (CALL_ID)
     execution_id        VARCHAR NOT NULL,
     step_number         INTEGER,
@@ -86,8 +97,10 @@ CREATE TABLE agent_tool_calls (
     idempotency_key     VARCHAR,
     finished_at         TIMESTAMP
 );
+CREATE TABLE _agent_tool_calls_ended AS FROM _agent_tool_calls_open LIMIT 0;
+CREATE VIEW agent_tool_calls AS FROM _agent_tool_calls_ended UNION ALL FROM _agent_tool_calls_open;
 
-CREATE TABLE model_calls (
+CREATE TABLE _model_calls_open (
     execution_id      VARCHAR NOT NULL,
     step_number       INTEGER,
     model             VARCHAR,
@@ -107,15 +120,19 @@ CREATE TABLE model_calls (
     status_code        INTEGER,
     responded_at       TIMESTAMP
 );
+CREATE TABLE _model_calls_ended AS FROM _model_calls_open LIMIT 0;
+CREATE VIEW model_calls AS FROM _model_calls_ended UNION ALL FROM _model_calls_open;
 
 -- One row per step that did work: what the step-latency percentiles are taken over.
-CREATE TABLE agent_steps (
+CREATE TABLE _agent_steps_open (
     execution_id VARCHAR NOT NULL,
     step_number  INTEGER NOT NULL,
     model_ms     DECIMAL(18, 6),   -- its answered model call(s)
     tool_ms      DECIMAL(18, 6),   -- its tool calls
     latency_ms   DECIMAL(18, 6) NOT NULL
 );
+CREATE TABLE _agent_steps_ended AS FROM _agent_steps_open LIMIT 0;
+CREATE VIEW agent_steps AS FROM _agent_steps_ended UNION ALL FROM _agent_steps_open;
 
 -- Spending per tenant and agent type: what the BudgetLedger is rebuilt from.
 CREATE VIEW budget_counters AS

@@ -42,7 +42,7 @@ from fleetlog.events.schema import (
     ToolCallVetted,
 )
 from fleetlog.events.state import fold
-from fleetlog.projections.projector import SCHEMA_VERSION, Projector, _SimulatedCrash
+from fleetlog.projections.projector import _FOLDED, SCHEMA_VERSION, Projector, _SimulatedCrash
 
 TABLES = (
     "events",
@@ -176,6 +176,7 @@ def test_every_column_matches_the_hand_computed_history(
             "seq": 21, "claims": 2, "ended_status": "completed", "pending_request": "",
             "model_retries": 1, "compactions": 0, "cancel_requested": False,
             "unknown_events": 0, "events": 21, "workspace": "", "awaiting_reviews": 0,
+            "last_position": 21,  # alone in p0
         }  # fmt: skip
         expected_b = {
             "id": "s-b", "tenant": "globex", "agent_type": "coder", "status": "failed",
@@ -187,6 +188,7 @@ def test_every_column_matches_the_hand_computed_history(
             "seq": 10, "claims": 1, "ended_status": "failed", "pending_request": "",
             "model_retries": 0, "compactions": 0, "cancel_requested": False,
             "unknown_events": 0, "events": 10, "workspace": "", "awaiting_reviews": 0,
+            "last_position": 17,  # b c b c ... in p1 until c's 7 events are in, then b's last 3
         }  # fmt: skip
         expected_c = {
             "id": "s-c", "tenant": "acme", "agent_type": "support", "status": "awaiting_review",
@@ -198,6 +200,7 @@ def test_every_column_matches_the_hand_computed_history(
             "seq": 7, "claims": 1, "ended_status": None, "pending_request": "",
             "model_retries": 0, "compactions": 0, "cancel_requested": False,
             "unknown_events": 0, "events": 7, "workspace": "", "awaiting_reviews": 1,
+            "last_position": 14,
         }  # fmt: skip
         for expected, limits, tools in (
             (expected_a, limits_a, ["read_file", "send_email"]),
@@ -368,6 +371,58 @@ def _write_random_fleet(home: Path, rng: random.Random, sessions: int, parts: in
             log.close()
 
 
+def _append_late_events(home: Path, rng: random.Random) -> int:
+    """Events after the end of about half the ended sessions; how many.
+
+    A tool that reports after the session was cancelled, a retry logged late, a
+    host claiming a finished session: their rows move back out of ``_ended``.
+    """
+    count = 0
+    for path in sorted((home / "log").iterdir()):
+        with FileLog.open(path) as log:
+            for sid in sorted(log.session_ids()):
+                stream = list(log.read_stream(sid))
+                state = fold(sid, stream)
+                if not state.terminal or rng.random() < 0.5:
+                    continue
+                step = max(state.step, 1)
+                events: list[Event] = [
+                    ModelCallRetried(
+                        step=step,
+                        request_id=f"{sid}-m{step}",
+                        attempt=9,
+                        error="late",
+                        status_code=500,
+                        delay_ms=1.0,
+                    ),
+                    SessionClaimed(owner="late@node", epoch=state.epoch + 1),
+                ]
+                if state.tool_calls:
+                    call = rng.choice(sorted(state.tool_calls))
+                    events.insert(
+                        0,
+                        ToolCallFailed(
+                            call_id=call, error="finished after the end", latency_ms=1.5
+                        ),
+                    )
+                log.append(sid, events, len(stream), state.epoch + 1)
+                count += len(events)
+    return count
+
+
+def _assert_sessions_placed(projector: Projector) -> None:
+    """Every session's rows are all in the ``_open`` tables or all in ``_ended``."""
+    with projector.cursor() as cur:
+        for kind, other in (("open", "ended"), ("ended", "open")):
+            for name, column in _FOLDED.items():
+                split = cur.execute(
+                    f"SELECT count(*) FROM _{name}_{kind} r "
+                    f"WHERE r.{column} NOT IN (SELECT id FROM _agent_executions_{kind}) "
+                    f"OR r.{column} IN (SELECT id FROM _agent_executions_{other})"
+                ).fetchone()
+                assert split == (0,), (name, kind)
+
+
 @settings(
     max_examples=20,
     deadline=None,
@@ -379,6 +434,9 @@ def _write_random_fleet(home: Path, rng: random.Random, sessions: int, parts: in
     parts=st.integers(1, 3),
     plan=st.lists(st.tuples(st.integers(1, 80), st.booleans(), st.booleans()), max_size=25),
     fold_every=st.integers(1, 200),
+    late=st.booleans(),
+    push_at=st.integers(1, 4),
+    quiet_after=st.sampled_from([1, 5, 40, 1_000_000]),
 )
 def test_incremental_with_crashes_equals_rebuild(
     tmp_path_factory: pytest.TempPathFactory,
@@ -387,11 +445,16 @@ def test_incremental_with_crashes_equals_rebuild(
     parts: int,
     plan: list[tuple[int, bool, bool]],
     fold_every: int,
+    late: bool,
+    push_at: int,
+    quiet_after: int,
 ) -> None:
     home = tmp_path_factory.mktemp("fleet")
     rng = random.Random(seed)
     total = _write_random_fleet(home, rng, sessions, parts)
     projector = Projector.open(home)
+    # Sessions move between the _open and _ended tables every few rounds.
+    projector.push_at, projector.quiet_after = push_at, quiet_after
     try:
         # Random chunk sizes; some rounds crash before their commit, some close and reopen.
         for size, crash, reopen in plan:
@@ -405,14 +468,28 @@ def test_incremental_with_crashes_equals_rebuild(
             if reopen:
                 projector.close()
                 projector = Projector.open(home)
+                projector.push_at, projector.quiet_after = push_at, quiet_after
         projector.catch_up()
+        if late:  # events after the end of sessions already projected as ended
+            total += _append_late_events(home, rng)
+            projector.step(rng.randint(1, 20))
+            projector.catch_up()
         incremental = snapshot(projector)
         assert len(incremental["events"]) == total
+        _assert_sessions_placed(projector)
         projector.rebuild(workers=1)
         assert snapshot(projector) == incremental
         # A rebuild folding a few segments at a time (merging into what it folded).
         projector.rebuild(workers=1, fold_every=fold_every)
         assert snapshot(projector) == incremental
+        _assert_sessions_placed(projector)
+        if late:
+            _append_late_events(home, rng)  # into a rebuild's _ended tables
+            projector.catch_up()
+            _assert_sessions_placed(projector)
+            after = snapshot(projector)
+            projector.rebuild(workers=1)
+            assert snapshot(projector) == after
         # And the projection agrees with the pure fold of every stream.
         rows = {r["id"]: r for r in projector.query("FROM agent_executions").to_pylist()}
         calls = {

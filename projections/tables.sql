@@ -28,7 +28,10 @@ CREATE TABLE events (
 -- `_open` rows, so its cost follows the live sessions, not the history; the
 -- `_ended` tables are appended to, and only an event for a session there (a
 -- late review decision, say) moves its rows back. Their rows come from the
--- `_open` twin, which checks the constraints.
+-- `_open` twin, which checks the constraints. `moved` identifies the session
+-- and where its stream stood when it moved out (partition, latest position);
+-- rows are appended in its order, so DuckDB's zone maps find a session's rows
+-- in a row group or two when it moves back, without scanning the history.
 CREATE TABLE _agent_executions_open (
     id               VARCHAR NOT NULL,
     tenant           VARCHAR,
@@ -68,8 +71,9 @@ CREATE TABLE _agent_executions_open (
     awaiting_reviews INTEGER NOT NULL,
     last_position    BIGINT  NOT NULL    -- of its latest event, in its partition
 );
-CREATE TABLE _agent_executions_ended AS FROM _agent_executions_open LIMIT 0;
-CREATE VIEW agent_executions AS FROM _agent_executions_ended UNION ALL FROM _agent_executions_open;
+CREATE TABLE _agent_executions_ended AS SELECT *, 0::BIGINT AS moved FROM _agent_executions_open LIMIT 0;
+CREATE VIEW agent_executions AS
+SELECT * EXCLUDE (moved) FROM _agent_executions_ended UNION ALL FROM _agent_executions_open;
 
 CREATE TABLE _agent_tool_calls_open (
     id                  VARCHAR NOT NULL,  -- the model's tool_use id (CALL_ID)
@@ -97,8 +101,9 @@ CREATE TABLE _agent_tool_calls_open (
     idempotency_key     VARCHAR,
     finished_at         TIMESTAMP
 );
-CREATE TABLE _agent_tool_calls_ended AS FROM _agent_tool_calls_open LIMIT 0;
-CREATE VIEW agent_tool_calls AS FROM _agent_tool_calls_ended UNION ALL FROM _agent_tool_calls_open;
+CREATE TABLE _agent_tool_calls_ended AS SELECT *, 0::BIGINT AS moved FROM _agent_tool_calls_open LIMIT 0;
+CREATE VIEW agent_tool_calls AS
+SELECT * EXCLUDE (moved) FROM _agent_tool_calls_ended UNION ALL FROM _agent_tool_calls_open;
 
 CREATE TABLE _model_calls_open (
     execution_id      VARCHAR NOT NULL,
@@ -120,8 +125,9 @@ CREATE TABLE _model_calls_open (
     status_code        INTEGER,
     responded_at       TIMESTAMP
 );
-CREATE TABLE _model_calls_ended AS FROM _model_calls_open LIMIT 0;
-CREATE VIEW model_calls AS FROM _model_calls_ended UNION ALL FROM _model_calls_open;
+CREATE TABLE _model_calls_ended AS SELECT *, 0::BIGINT AS moved FROM _model_calls_open LIMIT 0;
+CREATE VIEW model_calls AS
+SELECT * EXCLUDE (moved) FROM _model_calls_ended UNION ALL FROM _model_calls_open;
 
 -- One row per step that did work: what the step-latency percentiles are taken over.
 CREATE TABLE _agent_steps_open (
@@ -131,8 +137,9 @@ CREATE TABLE _agent_steps_open (
     tool_ms      DECIMAL(18, 6),   -- its tool calls
     latency_ms   DECIMAL(18, 6) NOT NULL
 );
-CREATE TABLE _agent_steps_ended AS FROM _agent_steps_open LIMIT 0;
-CREATE VIEW agent_steps AS FROM _agent_steps_ended UNION ALL FROM _agent_steps_open;
+CREATE TABLE _agent_steps_ended AS SELECT *, 0::BIGINT AS moved FROM _agent_steps_open LIMIT 0;
+CREATE VIEW agent_steps AS
+SELECT * EXCLUDE (moved) FROM _agent_steps_ended UNION ALL FROM _agent_steps_open;
 
 -- Spending per tenant and agent type: what the BudgetLedger is rebuilt from.
 CREATE VIEW budget_counters AS

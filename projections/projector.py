@@ -144,12 +144,14 @@ _FOLD_EVERY: Final = 1_000_000
 #: (~100 ms on two cores), and a few dozen such sessions there cost a round
 #: next to nothing.
 _PUSH_AT: Final = 64
-#: A session is quiet, and may move out, when its partition has taken this many
-#: events since its latest one (~10 s at 10,000 events/s). This bounds the
-#: ``_open`` tables by the partitions' recent events, not by how many sessions
-#: were left waiting for a human. An event for a session that moved out moves
-#: it back: ~12 ms for one session at 10M events, ~0.1 s for five.
-_QUIET_AFTER: Final = 100_000
+#: A session is quiet, and may move out, when the newest event of a round is
+#: this many seconds later than its latest one. This bounds the ``_open``
+#: tables by what the fleet is working on, not by how many sessions were left
+#: waiting for a human or stopped with a lost host. An event for a session that
+#: moved out moves it back: ~12 ms for one session at 10M events, ~0.1 s for
+#: five. (Event times come from the hosts' clocks: a host far behind the others
+#: costs those moves, never a wrong row.)
+_QUIET_AFTER_S: Final = 60.0
 _READ_ONLY: Final = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
 
 
@@ -255,7 +257,7 @@ class Projector:
         self.rebuilt_on_open = ""
         #: When sessions move out of the ``_open`` tables (tests lower them).
         self.push_at = _PUSH_AT
-        self.quiet_after = _QUIET_AFTER
+        self.quiet_after_s = _QUIET_AFTER_S
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -389,7 +391,7 @@ class Projector:
             con.register("_batch", batch)
             con.execute(_EVENTS_FROM_BATCH)
             con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {_NEW_ROWS}")
-            _fold_new(con, self.push_at, self.quiet_after)
+            _fold_new(con, self.push_at, self.quiet_after_s)
             _move_checkpoints(con, moved)
             if not commit:  # tests: a crash between the rows and the commit
                 raise _SimulatedCrash
@@ -486,7 +488,7 @@ class Projector:
                 if job[1] != current:
                     if current is not None:
                         if pending:
-                            _fold_new(con, self.push_at, self.quiet_after)
+                            _fold_new(con, self.push_at, self.quiet_after_s)
                         _flush_stand_ins(con)
                     current, pending = job[1], 0
                     _create_stand_ins(con)
@@ -497,11 +499,11 @@ class Projector:
                 con.unregister("_batch")
                 pending += table.num_rows
                 if pending >= fold_every:
-                    _fold_new(con, self.push_at, self.quiet_after)
+                    _fold_new(con, self.push_at, self.quiet_after_s)
                     pending = 0
             if current is not None:
                 if pending:
-                    _fold_new(con, self.push_at, self.quiet_after)
+                    _fold_new(con, self.push_at, self.quiet_after_s)
                 _flush_stand_ins(con)
             if moved := {index: head for index, head in heads.items() if head}:
                 _move_checkpoints(con, moved)
@@ -595,14 +597,14 @@ def _flush_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"DROP TABLE temp.main.{name}")
 
 
-def _fold_new(con: duckdb.DuckDBPyConnection, push_at: int, quiet_after: int) -> None:
+def _fold_new(con: duckdb.DuckDBPyConnection, push_at: int, quiet_after_s: float) -> None:
     """Fold ``_new`` into the tables other than ``events``; ``_new`` is dropped.
 
     The fold reads and writes the ``_open`` tables only (apply.sql). A session
     of the batch whose rows are in the ``_ended`` tables (an event after its
     end, or after it went quiet) has them moved back first. Once ``push_at``
-    sessions in the ``_open`` tables have ended or gone quiet (``quiet_after``
-    events of their partition since their latest), their rows are moved out.
+    sessions in the ``_open`` tables have ended or gone quiet (nothing of theirs
+    in the last ``quiet_after_s`` seconds of the log), their rows are moved out.
     Where a session's rows are is not part of what they say: the views show
     both twins.
     """
@@ -611,11 +613,11 @@ def _fold_new(con: duckdb.DuckDBPyConnection, push_at: int, quiet_after: int) ->
         _move_back(con)
     for statement in _APPLY:
         con.execute(statement)
+    quiet = int(quiet_after_s * 1_000_000)
     done = f"""
-        WITH head AS (SELECT "partition", max(position) AS position FROM _new GROUP BY ALL)
-        SELECT s.id, {_MOVED} AS moved
-        FROM _agent_executions_open s LEFT JOIN head USING ("partition")
-        WHERE s.ended_status IS NOT NULL OR s.last_position <= head.position - {int(quiet_after)}
+        SELECT id, {_MOVED} AS moved FROM _agent_executions_open
+        WHERE ended_status IS NOT NULL
+           OR updated_at <= (SELECT max(ts) FROM _new) - to_microseconds({quiet})
     """
     if _sessions(con, done) >= push_at:
         _move_out(con)

@@ -14,10 +14,11 @@ rename.
 Because every merge in ``apply.sql`` is associative, a rebuild and any
 sequence of incremental rounds give the same rows.
 
-Each folded table is two: the rows of running sessions (``_X_open``), which
-rounds join against and rewrite, and those of ended sessions (``_X_ended``),
-appended to when a session ends; a view of the plain name shows both. So a
-round costs what the batch and the running sessions cost, not the history.
+Each folded table is two: the rows of the sessions the fleet is working on
+(``_X_open``), which rounds join against and rewrite, and those of sessions
+that ended or went quiet (``_X_ended``), appended to in bunches; a view of the
+plain name shows both. So a round costs what the batch and the live sessions
+cost, not the history.
 
 DuckDB allows one read-write process per file, so a Projector takes
 ``HOME/projections.lock`` for as long as it is open. While a fleet runs, its
@@ -141,7 +142,7 @@ _POOL_MIN_EVENTS: Final = 400_000
 _FOLD_EVERY: Final = 1_000_000
 #: Sessions' rows are moved to the ``_ended`` tables once this many sessions in
 #: the ``_open`` ones have ended or gone quiet: a move is eight statements
-#: (~100 ms on two cores), and a few dozen such sessions there cost a round
+#: (~80 ms on two cores), and a few dozen such sessions there cost a round
 #: next to nothing.
 _PUSH_AT: Final = 64
 #: A session is quiet, and may move out, when the newest event of a round is
@@ -626,14 +627,14 @@ def _fold_new(con: duckdb.DuckDBPyConnection, push_at: int, quiet_after_s: float
 
 
 def _sessions(con: duckdb.DuckDBPyConnection, query: str) -> int:
-    """Collect these session ids into ``_moving``; how many there are."""
+    """Collect these sessions (``id``, ``moved``) into ``_moving``; how many there are."""
     row = con.execute(f"CREATE OR REPLACE TEMP TABLE _moving AS {query}").fetchone()
     return int(row[0]) if row else 0
 
 
 #: A session's rows in the ``_ended`` tables carry where its stream stood when
 #: they moved there: partition and position of its latest event, which no other
-#: session shares.
+#: session shares (positions stay below 2**40).
 _MOVED: Final = '("partition"::BIGINT << 40) | last_position'
 
 

@@ -153,6 +153,8 @@ _PUSH_AT: Final = 64
 #: five. (Event times come from the hosts' clocks: a host far behind the others
 #: costs those moves, never a wrong row.)
 _QUIET_AFTER_S: Final = 60.0
+#: ``push_at`` for a rebuild's folds: sessions are placed when a partition is flushed.
+_NEVER: Final = 1 << 62
 _READ_ONLY: Final = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
 
 
@@ -479,6 +481,9 @@ class Projector:
             # appended to the file when it is done: no merge with other partitions'
             # rows. Within a partition, events are folded every ``fold_every`` (the
             # merges are associative), which bounds the memory the aggregates need.
+            # Sessions are not moved to the ``_ended`` stand-ins while folding (the
+            # moves cost ~40% of a fold's CPU here): the flush places each
+            # session's rows in the file's ``_open`` or ``_ended`` tables once.
             # No enclosing transaction: the file is not live until it is renamed
             # (a crash leaves a .rebuild file that the next rebuild removes), and
             # a transaction would hold every appended row in memory until the end.
@@ -489,8 +494,8 @@ class Projector:
                 if job[1] != current:
                     if current is not None:
                         if pending:
-                            _fold_new(con, self.push_at, self.quiet_after_s)
-                        _flush_stand_ins(con)
+                            _fold_new(con, _NEVER, self.quiet_after_s)
+                        _flush_stand_ins(con, self.quiet_after_s)
                     current, pending = job[1], 0
                     _create_stand_ins(con)
                 con.register("_batch", table)
@@ -500,12 +505,12 @@ class Projector:
                 con.unregister("_batch")
                 pending += table.num_rows
                 if pending >= fold_every:
-                    _fold_new(con, self.push_at, self.quiet_after_s)
+                    _fold_new(con, _NEVER, self.quiet_after_s)
                     pending = 0
             if current is not None:
                 if pending:
-                    _fold_new(con, self.push_at, self.quiet_after_s)
-                _flush_stand_ins(con)
+                    _fold_new(con, _NEVER, self.quiet_after_s)
+                _flush_stand_ins(con, self.quiet_after_s)
             if moved := {index: head for index, head in heads.items() if head}:
                 _move_checkpoints(con, moved)
             con.execute("CHECKPOINT")
@@ -590,12 +595,40 @@ def _create_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {db}.main.{name} LIMIT 0")
 
 
-def _flush_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
-    """Append the stand-ins' rows to the file's tables and drop them."""
+def _flush_stand_ins(con: duckdb.DuckDBPyConnection, quiet_after_s: float) -> None:
+    """Append the stand-ins' rows to the file's tables and drop them.
+
+    Sessions that ended, or had no event in the partition's last
+    ``quiet_after_s`` seconds, go to the ``_ended`` tables, as rounds would
+    have moved them; the others to ``_open``. (The ``_ended`` stand-ins stay
+    empty: a rebuild folds with no moves. They are there so that a fold's check
+    for sessions to move back looks at them, not at the file's tables.)
+    """
     db = _file_catalog(con)
+    quiet = int(quiet_after_s * 1_000_000)
+    _sessions(
+        con,
+        f"""
+        SELECT id, {_MOVED} AS moved FROM temp.main._agent_executions_open
+        WHERE ended_status IS NOT NULL
+           OR updated_at <= (SELECT max(updated_at) FROM temp.main._agent_executions_open)
+                            - to_microseconds({quiet})
+        """,
+    )
+    for name, column in _FOLDED.items():
+        stand_in = f"temp.main._{name}_open"
+        # In ``moved`` order, as ``_move_out`` appends (what lets ``_move_back`` skip).
+        con.execute(
+            f"INSERT INTO {db}.main._{name}_ended SELECT r.*, m.moved "
+            f"FROM {stand_in} r JOIN _moving m ON r.{column} = m.id ORDER BY m.moved"
+        )
+        con.execute(
+            f"INSERT INTO {db}.main._{name}_open SELECT * FROM {stand_in} r "
+            f"ANTI JOIN _moving m ON r.{column} = m.id"
+        )
     for name in _TWINS:
-        con.execute(f"INSERT INTO {db}.main.{name} SELECT * FROM temp.main.{name}")
         con.execute(f"DROP TABLE temp.main.{name}")
+    con.execute("DROP TABLE _moving")
 
 
 def _fold_new(con: duckdb.DuckDBPyConnection, push_at: int, quiet_after_s: float) -> None:

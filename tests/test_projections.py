@@ -423,6 +423,15 @@ def _assert_sessions_placed(projector: Projector) -> None:
                 assert split == (0,), (name, kind)
 
 
+def _assert_ended_placed(projector: Projector) -> None:
+    """After a rebuild, no ended session is left in the ``_open`` tables (rounds join them)."""
+    with projector.cursor() as cur:
+        left = cur.execute(
+            "SELECT count(*) FROM _agent_executions_open WHERE ended_status IS NOT NULL"
+        ).fetchone()
+    assert left == (0,)
+
+
 @settings(
     max_examples=20,
     deadline=None,
@@ -483,6 +492,7 @@ def test_incremental_with_crashes_equals_rebuild(
         projector.rebuild(workers=1, fold_every=fold_every)
         assert snapshot(projector) == incremental
         _assert_sessions_placed(projector)
+        _assert_ended_placed(projector)
         if late:
             _append_late_events(home, rng)  # into a rebuild's _ended tables
             projector.catch_up()

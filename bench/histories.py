@@ -15,6 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from fleetlog.events.filelog import FileLog
 from fleetlog.events.schema import (
@@ -201,7 +202,9 @@ def _tool_call(s: _Session, step: int, call_id: str, end_rate: float) -> bool | 
     tool, risk, args = rng.choice(_TOOLS)
     s.add(ToolCallProposed(step=step, call_id=call_id, tool=tool, input=args))
     roll = rng.random()
-    verdict = "ask" if tool == "send_email" else ("deny" if roll < 0.05 else "allow")
+    verdict: Literal["allow", "ask", "deny"] = (
+        "ask" if tool == "send_email" else ("deny" if roll < 0.05 else "allow")
+    )
     s.add(ToolCallVetted(call_id=call_id, verdict=verdict, risk=risk, reason=f"policy: {verdict}"))
     if verdict == "deny":
         s.add(ToolCallRejected(call_id=call_id, reason="denied by policy: run_shell(rm -rf *)"))

@@ -7,7 +7,8 @@
    as a fleet runs them) over two partitions, until ``--events`` events;
    the log is kept in ``--dir`` and reused by later runs with the same size;
 2. full rebuild (``Projector.rebuild``, a process pool decoding segments):
-   events/s, median of ``--repeats``;
+   events/s, median of ``--repeats``; and its floor: the same decoding and
+   ``events`` inserts with no folded tables (one run);
 3. ``agent_health_metrics`` over the whole table: median of 5 runs;
 4. catch-up lag: another process appends ``--rate`` events/s for
    ``--lag-seconds`` (100 sessions side by side, one step per append, as a
@@ -31,10 +32,21 @@ import statistics
 import time
 from pathlib import Path
 
+import duckdb
+
 from bench.histories import Append, session_history
 from fleetlog.config import session_id_for
 from fleetlog.events.filelog import FileLog
-from fleetlog.projections.projector import Projector
+
+# The rebuild's own pieces, for the floor figure (what a rebuild costs with no folding).
+from fleetlog.events.tail import segment_bases
+from fleetlog.projections.projector import (
+    _EVENTS_FROM_BATCH,
+    TABLES_SQL,
+    Projector,
+    _segment_tables,
+    partitions,
+)
 
 _IN_FLIGHT = 1_000
 _LAG_IN_FLIGHT = 100
@@ -126,6 +138,42 @@ def bench_rebuild(home: Path, repeats: int) -> tuple[float, int]:
     )
     print(f"  file: {(home / 'projections.duckdb').stat().st_size / 2**30:.2f} GiB")
     return statistics.median(rates), n
+
+
+def bench_floor(home: Path) -> float:
+    """Events/s of what any rebuild must do, with no folding at all.
+
+    The same pool decodes the segments into Arrow and the same statement
+    inserts them into ``events`` of a scratch file: what remains of a rebuild
+    if the folded tables cost nothing. It tells a goal that folding can miss
+    from one the machine cannot reach.
+    """
+    parts = partitions(home)
+    jobs = [
+        (str(path), index, str(seg), 1 << 62)
+        for index, path in parts
+        for _b, seg in segment_bases(path)
+    ]
+    scratch = home / "floor.duckdb"
+    scratch.unlink(missing_ok=True)
+    con = duckdb.connect(str(scratch), config={"preserve_insertion_order": False})
+    n = 0
+    try:
+        con.execute(TABLES_SQL)
+        started = time.perf_counter()
+        for table in _segment_tables(jobs, None):
+            con.register("_batch", table)
+            con.execute(_EVENTS_FROM_BATCH)
+            con.unregister("_batch")
+            n += table.num_rows
+        con.execute("CHECKPOINT")
+        took = time.perf_counter() - started
+    finally:
+        con.close()
+        scratch.unlink(missing_ok=True)
+        scratch.with_name(scratch.name + ".wal").unlink(missing_ok=True)
+    print(f"  decode + events table only: {n:,} events in {took:.2f} s = {n / took:,.0f} events/s")
+    return n / took
 
 
 def bench_metrics(home: Path) -> float:
@@ -239,12 +287,14 @@ def main() -> None:
         stale.unlink()
     print(f"log: {home}")
     rate, n = bench_rebuild(home, args.repeats)
+    floor = bench_floor(home)
     metrics_s = bench_metrics(home)
     p50, p95, written = bench_lag(home, args.rate, args.lag_seconds)
     print()
     print(f"| figure ({n:,} events, {args.sessions:,} sessions) | median | goal |")
     print("|---|---|---|")
     print(f"| full rebuild | {rate:,.0f} events/s | >= 500,000 |")
+    print(f"| (floor: decoding + `events` alone, no folding) | {floor:,.0f} events/s | |")
     print(f"| agent_health_metrics over all events | {metrics_s * 1000:.0f} ms | <= 500 ms |")
     print(
         f"| catch-up lag, appending {written / args.lag_seconds:,.0f} events/s "

@@ -80,4 +80,5 @@ def test_projection_bench_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| full rebuild |" in proc.stdout
+    assert "| (floor: decoding + `events` alone, no folding) |" in proc.stdout
     assert "catch-up lag" in proc.stdout

@@ -32,18 +32,19 @@ import statistics
 import time
 from pathlib import Path
 
-import duckdb
-
 from bench.histories import Append, session_history
 from fleetlog.config import session_id_for
 from fleetlog.events.filelog import FileLog
 
 # The rebuild's own pieces, for the floor figure (what a rebuild costs with no folding).
-from fleetlog.events.tail import segment_bases
 from fleetlog.projections.projector import (
     _EVENTS_FROM_BATCH,
     TABLES_SQL,
     Projector,
+    _connect,
+    _heads,
+    _remove_db,
+    _segment_jobs,
     _segment_tables,
     partitions,
 )
@@ -149,14 +150,10 @@ def bench_floor(home: Path) -> float:
     from one the machine cannot reach.
     """
     parts = partitions(home)
-    jobs = [
-        (str(path), index, str(seg), 1 << 62)
-        for index, path in parts
-        for _b, seg in segment_bases(path)
-    ]
+    jobs = _segment_jobs(parts, _heads(parts))
     scratch = home / "floor.duckdb"
-    scratch.unlink(missing_ok=True)
-    con = duckdb.connect(str(scratch), config={"preserve_insertion_order": False})
+    _remove_db(scratch)
+    con = _connect(scratch)
     n = 0
     try:
         con.execute(TABLES_SQL)
@@ -170,8 +167,7 @@ def bench_floor(home: Path) -> float:
         took = time.perf_counter() - started
     finally:
         con.close()
-        scratch.unlink(missing_ok=True)
-        scratch.with_name(scratch.name + ".wal").unlink(missing_ok=True)
+        _remove_db(scratch)
     print(f"  decode + events table only: {n:,} events in {took:.2f} s = {n / took:,.0f} events/s")
     return n / took
 

@@ -213,7 +213,11 @@ def _segment_table(log_path: str, partition: int, segment: str, upto: int) -> pa
     return rows_to_arrow(rows, partition, BlobStore(Path(log_path) / "blobs"))
 
 
-def _segment_file(spool: str, job: tuple[str, int, str, int]) -> str:
+#: A segment to decode: log path, partition, segment path, last position to read.
+_Job = tuple[str, int, str, int]
+
+
+def _segment_file(spool: str, job: _Job) -> str:
     """Pool worker: one segment as an Arrow IPC file in ``spool``; its path.
 
     A file, not a pickled table: the parent maps it without copying it (pickling
@@ -468,12 +472,7 @@ class Projector:
             self._create_schema(con)
             parts = partitions(self.home)
             heads = _heads(parts)
-            jobs = [
-                (str(path), index, str(seg), heads[index])
-                for index, path in parts
-                for base, seg in segment_bases(path)
-                if base <= heads[index]
-            ]
+            jobs = _segment_jobs(parts, heads)
             total_events = sum(heads.values())
             # One partition at a time: a session's stream never leaves its
             # partition, so a partition's rows are folded into empty stand-ins
@@ -605,23 +604,11 @@ def _flush_stand_ins(con: duckdb.DuckDBPyConnection, quiet_after_s: float) -> No
     for sessions to move back looks at them, not at the file's tables.)
     """
     db = _file_catalog(con)
-    quiet = int(quiet_after_s * 1_000_000)
-    _sessions(
-        con,
-        f"""
-        SELECT id, {_MOVED} AS moved FROM temp.main._agent_executions_open
-        WHERE ended_status IS NOT NULL
-           OR updated_at <= (SELECT max(updated_at) FROM temp.main._agent_executions_open)
-                            - to_microseconds({quiet})
-        """,
-    )
+    newest = "SELECT max(updated_at) FROM temp.main._agent_executions_open"
+    _done_sessions(con, "temp.main._agent_executions_open", newest, quiet_after_s)
     for name, column in _FOLDED.items():
         stand_in = f"temp.main._{name}_open"
-        # In ``moved`` order, as ``_move_out`` appends (what lets ``_move_back`` skip).
-        con.execute(
-            f"INSERT INTO {db}.main._{name}_ended SELECT r.*, m.moved "
-            f"FROM {stand_in} r JOIN _moving m ON r.{column} = m.id ORDER BY m.moved"
-        )
+        _append_ended(con, f"{db}.main._{name}_ended", stand_in, column)
         con.execute(
             f"INSERT INTO {db}.main._{name}_open SELECT * FROM {stand_in} r "
             f"ANTI JOIN _moving m ON r.{column} = m.id"
@@ -647,13 +634,8 @@ def _fold_new(con: duckdb.DuckDBPyConnection, push_at: int, quiet_after_s: float
         _move_back(con)
     for statement in _APPLY:
         con.execute(statement)
-    quiet = int(quiet_after_s * 1_000_000)
-    done = f"""
-        SELECT id, {_MOVED} AS moved FROM _agent_executions_open
-        WHERE ended_status IS NOT NULL
-           OR updated_at <= (SELECT max(ts) FROM _new) - to_microseconds({quiet})
-    """
-    if _sessions(con, done) >= push_at:
+    newest = "SELECT max(ts) FROM _new"
+    if _done_sessions(con, "_agent_executions_open", newest, quiet_after_s) >= push_at:
         _move_out(con)
     con.execute("DROP TABLE _new")
     con.execute("DROP TABLE _moving")
@@ -665,6 +647,24 @@ def _sessions(con: duckdb.DuckDBPyConnection, query: str) -> int:
     return int(row[0]) if row else 0
 
 
+def _done_sessions(
+    con: duckdb.DuckDBPyConnection, sessions: str, newest: str, quiet_after_s: float
+) -> int:
+    """Collect into ``_moving`` the sessions of table ``sessions`` that may move out.
+
+    Those that ended, or whose latest event is ``quiet_after_s`` older than the
+    time ``newest`` (a query) gives; how many there are.
+    """
+    quiet = int(quiet_after_s * 1_000_000)
+    return _sessions(
+        con,
+        f"""
+        SELECT id, {_MOVED} AS moved FROM {sessions}
+        WHERE ended_status IS NOT NULL OR updated_at <= ({newest}) - to_microseconds({quiet})
+        """,
+    )
+
+
 #: A session's rows in the ``_ended`` tables carry where its stream stood when
 #: they moved there: partition and position of its latest event, which no other
 #: session shares (positions stay below 2**40).
@@ -674,13 +674,20 @@ _MOVED: Final = '("partition"::BIGINT << 40) | last_position'
 def _move_out(con: duckdb.DuckDBPyConnection) -> None:
     """Move the rows of the sessions in ``_moving`` (id, moved) to the ``_ended`` tables."""
     for name, column in _FOLDED.items():
-        # Appended in ``moved`` order: each row group then covers a narrow range
-        # of it, which is what lets ``_move_back`` skip the others.
-        con.execute(
-            f"INSERT INTO _{name}_ended SELECT r.*, m.moved "
-            f"FROM _{name}_open r JOIN _moving m ON r.{column} = m.id ORDER BY m.moved"
-        )
+        _append_ended(con, f"_{name}_ended", f"_{name}_open", column)
         con.execute(f"DELETE FROM _{name}_open WHERE {column} IN (SELECT id FROM _moving)")
+
+
+def _append_ended(con: duckdb.DuckDBPyConnection, target: str, source: str, column: str) -> None:
+    """Append the rows of ``source`` of the sessions in ``_moving`` to ``target``, with ``moved``.
+
+    In ``moved`` order: each row group then covers a narrow range of it, which
+    is what lets ``_move_back`` skip the others.
+    """
+    con.execute(
+        f"INSERT INTO {target} SELECT r.*, m.moved "
+        f"FROM {source} r JOIN _moving m ON r.{column} = m.id ORDER BY m.moved"
+    )
 
 
 def _move_back(con: duckdb.DuckDBPyConnection) -> None:
@@ -707,9 +714,17 @@ def _check_contiguous(index: int, done: int, rows: list[EnvelopeRow]) -> None:
         )
 
 
-def _segment_tables(
-    jobs: list[tuple[str, int, str, int]], workers: int | None
-) -> Iterator[pa.Table]:
+def _segment_jobs(parts: list[tuple[int, Path]], heads: dict[int, int]) -> list[_Job]:
+    """What a rebuild decodes: each segment up to its partition's head, in log order."""
+    return [
+        (str(path), index, str(seg), heads[index])
+        for index, path in parts
+        for base, seg in segment_bases(path)
+        if base <= heads[index]
+    ]
+
+
+def _segment_tables(jobs: list[_Job], workers: int | None) -> Iterator[pa.Table]:
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if workers <= 1 or len(jobs) < 2:
         for job in jobs:

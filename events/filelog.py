@@ -16,6 +16,14 @@ survives ``kill -9`` and power loss. A failed write or sync poisons the log
 Readers in the same process see only durable frames. A read-only open (another
 process, e.g. a CLI query next to a running fleet) takes no lock and treats an
 incomplete tail as "not yet written".
+
+An incomplete tail is either a frame cut short at the end of the newest segment
+or, after a power loss, a *zero-filled* tail: the file's new size reached the
+disk but its data did not, so everything from the first unreadable frame to the
+end of the file reads back as zero bytes. Neither can hold an acknowledged
+event (acknowledgement follows the sync that would have written those bytes),
+so the writer's open cuts both. Zeros followed by anything else, or an
+incomplete tail in any segment but the newest, is damage and is reported.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ __all__ = [
     "iter_frames",
     "segment_files",
     "fsync_dir",
+    "zeros_to_end",
 ]
 
 _APPENDABLE: Final = frozenset(t for t in EVENT_TYPES if t is not UnknownEvent)
@@ -95,6 +104,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _zeros_to_end(fd: int, start: int, end: int) -> bool:
+    """True when every byte of ``[start, end)`` reads back as zero: a tail never written out.
+
+    Bytes past a file that shrank while being read count as zeros: whoever
+    shrank it (the writer's open) was cutting an incomplete tail.
+    """
+    off = start
+    while off < end:
+        data = os.pread(fd, min(_READ_CHUNK, end - off), off)
+        if not data:
+            return True
+        if data.count(0) != len(data):
+            return False
+        off += len(data)
+    return True
+
+
 def _segment_name(base_position: int) -> str:
     return f"{base_position:020d}.seg"
 
@@ -105,6 +131,11 @@ def _iter_frames(fd: int, start: int, end: int) -> Iterator[tuple[int, int, byte
     ``_TORN`` and ``_BAD_HEADER`` end the iteration: past them no frame
     boundary can be trusted. A ``_BAD_CRC`` frame has an intact header, so the
     frames after it are still found.
+
+    A header of zero bytes (what a tail that never reached the disk reads back
+    as) is ``_BAD_HEADER``, never an empty frame: its CRC does not match
+    (``crc32c`` of eight zero bytes is not zero) and a length of 0 is below
+    ``META.size``, which every frame body holds.
     """
     buf = b""
     buf_off = start  # file offset of buf[0]
@@ -229,6 +260,7 @@ def _segment_files(seg_dir: Path) -> list[Path]:
 iter_frames = _iter_frames
 segment_files = _segment_files
 fsync_dir = _fsync_dir
+zeros_to_end = _zeros_to_end
 
 
 def _list_segments(seg_dir: Path) -> list[_Segment]:
@@ -243,14 +275,38 @@ def _scan_segment(
     next_position: int,
     result: ScanResult,
     on_body: BodyCallback | None = None,
+    *,
+    last: bool = False,
 ) -> int:
-    """Scan ``seg`` from ``start``: index frames, check continuity, return the next position."""
+    """Scan ``seg`` from ``start``: index frames, check continuity, return the next position.
+
+    ``last``: ``seg`` is the newest segment, where a zero-filled tail is an
+    unacknowledged one (``result.torn_tail``) rather than damage.
+    """
     name = seg.path.name
     fd = seg.fd()
     for status, off, body, _crc in _iter_frames(fd, start, file_size):
         if status == _TORN:
             result.torn_tail = (seg, off)
             break
+        if status in (_BAD_HEADER, _BAD_CRC):
+            # A zero header, or an intact header whose body and everything after it
+            # is zeros: written, never synced, so never acknowledged.
+            zeros_from = off if status == _BAD_HEADER else off + HEADER.size
+            if _zeros_to_end(fd, zeros_from, file_size):
+                if last:
+                    result.torn_tail = (seg, off)
+                else:
+                    result.faults.append(
+                        Fault(
+                            "torn_sealed_segment",
+                            name,
+                            off,
+                            f"zero-filled tail of {file_size - off} bytes in a segment "
+                            "that is not the last one",
+                        )
+                    )
+                break
         if status == _BAD_HEADER:
             result.faults.append(
                 Fault(
@@ -344,7 +400,14 @@ def scan_log(path: Path, on_body: BodyCallback | None = None) -> ScanResult:
             )
         file_size = seg.path.stat().st_size
         next_position = _scan_segment(
-            seg, 0, file_size, result.streams, next_position, result, on_body
+            seg,
+            0,
+            file_size,
+            result.streams,
+            next_position,
+            result,
+            on_body,
+            last=i == len(segments) - 1,
         )
         torn: tuple[_Segment, int] | None = result.torn_tail  # set by _scan_segment
         if torn is not None and i != len(segments) - 1:
@@ -408,7 +471,11 @@ class _Append:
         if here is self.loop or (here is None and _running_loop() is self.loop):
             _settle_async(self.afuture, result)
         else:
-            self.loop.call_soon_threadsafe(_settle_async, self.afuture, result)
+            # A closed loop took its waiting task with it (asyncio.run cancels
+            # it at exit); the append is committed all the same, and the other
+            # requests of this batch must still be told.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(_settle_async, self.afuture, result)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -449,9 +516,9 @@ class FileLog:
     Group commit: every append queued while a commit is in flight joins the next
     one, so N concurrent writers share one ``fdatasync``. Threads commit as
     leader/followers around ``_commit_lock`` (whoever holds it commits the whole
-    queue); asyncio callers are committed by a task on their loop that runs
-    only the ``fdatasync`` in a worker thread, so the loop never blocks on disk
-    and no second thread has to win the GIL to encode.
+    queue); asyncio callers are committed by a task on their loop, which waits
+    for a committing thread from a worker thread rather than on the loop (see
+    ``_commit_async`` for why the sync itself runs on the loop).
     """
 
     def __init__(self, path: Path, *, readonly: bool, segment_bytes: int, blob_threshold: int):
@@ -477,6 +544,16 @@ class FileLog:
         self._id_prefix = os.urandom(6).hex()
         self._id_counter = 0
         self.torn_bytes_truncated = 0
+
+    @property
+    def failed(self) -> str | None:
+        """Why this log refuses appends after a failed write or sync; None while it is healthy.
+
+        A poisoned log stays poisoned (what reached the disk is unknown): the
+        host closes it and opens it again, which rescans the files and cuts any
+        unacknowledged tail.
+        """
+        return self._failed
 
     # --- opening and closing ----------------------------------------------------------
 
@@ -507,8 +584,14 @@ class FileLog:
             if not (self.path / "segments").is_dir():
                 raise LogError(f"no event log at {self.path}")
         else:
+            created = not (self.path / "segments").is_dir()
             (self.path / "segments").mkdir(parents=True, exist_ok=True)
             (self.path / "blobs").mkdir(exist_ok=True)
+            if created:
+                # A new log's directories must survive a crash before its first ack
+                # (_new_segment syncs only segments/ itself).
+                _fsync_dir(self.path)
+                _fsync_dir(self.path.parent)
             self._take_lock()
         scan = scan_log(self.path)
         self._segments = scan.segments  # so that _release closes their descriptors
@@ -564,8 +647,14 @@ class FileLog:
         for seg in self._segments:
             seg.close()
         if self._write_fd >= 0:
-            os.close(self._write_fd)
-            self._write_fd = -1
+            fd, self._write_fd = self._write_fd, -1
+            try:
+                os.close(fd)
+            except OSError:
+                # A poisoned log is closed so that it can be opened again; its
+                # descriptor may be what failed.
+                if self._failed is None:
+                    raise
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = -1
@@ -688,7 +777,7 @@ class FileLog:
         while self._queue and self._failed is None:
             if not self._commit_lock.acquire(blocking=False):
                 # A thread is committing; wait for it without blocking the loop.
-                await loop.run_in_executor(None, self._commit_lock.acquire)
+                await self._take_commit_lock(loop)
             try:
                 self._drain_locked()
             except Exception:
@@ -697,6 +786,36 @@ class FileLog:
                 self._commit_lock.release()
             # Let the acknowledged writers run and queue their next appends.
             await asyncio.sleep(0)
+
+    async def _take_commit_lock(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Acquire ``_commit_lock`` in a worker thread; on return the caller holds it.
+
+        Cancellation-safe: when this task is cancelled while the worker waits
+        (asyncio.run cancels the committer when its loop ends while a thread
+        commits), the worker still gets the lock later and hands it back
+        instead of holding it for a task that is gone: a lock held that way
+        blocks every later append and ``close`` for good.
+        """
+        guard = threading.Lock()
+        held = abandoned = False
+
+        def take() -> None:
+            nonlocal held
+            self._commit_lock.acquire()
+            with guard:
+                if abandoned:
+                    self._commit_lock.release()
+                else:
+                    held = True
+
+        try:
+            await loop.run_in_executor(None, take)
+        except BaseException:
+            with guard:
+                abandoned = True
+                if held:  # taken for us just as we were cancelled
+                    self._commit_lock.release()
+            raise
 
     def _poison(self, batch: list[_Append], error: BaseException) -> None:
         # After a failed write or fsync the page cache may not match the disk
@@ -954,11 +1073,18 @@ class FileLog:
                     self._segments.append(_Segment(len(self._segments), int(path.stem), path))
             result = ScanResult(self._segments, self._streams, self._next_position, [])
             position = self._next_position
+            newest = self._segments[-1] if self._segments else None
             for seg in self._segments[first:]:
                 file_size = os.fstat(seg.fd()).st_size
                 if file_size > seg.size:
                     position = _scan_segment(
-                        seg, seg.size, file_size, self._streams, position, result
+                        seg,
+                        seg.size,
+                        file_size,
+                        self._streams,
+                        position,
+                        result,
+                        last=seg is newest,
                     )
             if result.faults:
                 raise CorruptLogError(str(self.path), result.faults)

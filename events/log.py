@@ -36,8 +36,11 @@ class EventLog(Protocol):
       new session); a mismatch raises ``ConcurrencyError``. ``epoch`` is the
       owner's epoch: appending with an epoch older than one already used for
       the session raises ``FencedError``; a newer epoch claims the session.
-      ``epoch=None`` marks a non-owner (an operator's approval, say): it is
-      never fenced but still checked against ``expected_seq``.
+      ``epoch=None`` appends at whatever epoch is current, unfenced (still
+      checked against ``expected_seq``): for tools and tests only. fleetlog's
+      own writers always pass an epoch: a new session is created at epoch 0,
+      an owner appends at its claim's, and an offline operator command holds
+      the partition's lock and appends at the session's current epoch.
     * positions are global and contiguous from 1; seqs per session likewise.
     """
 

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from .codec import HEADER, MAX_FRAME_BODY, META, EnvelopeRow, crc32c, decode_payload, decode_rows
 from .errors import CorruptLogError, Fault
-from .filelog import segment_files
+from .filelog import segment_files, zeros_to_end
 
 __all__ = ["LogTail", "read_segment", "segment_bases"]
 
@@ -95,21 +95,29 @@ def _read_run(
             need = 0
             while rel + HEADER.size <= n:
                 length, body_crc, head_crc = unpack_header(data, rel)
-                if not META.size <= length <= MAX_FRAME_BODY:
-                    raise corrupt(offset + rel, "damaged frame header on read")
                 start = rel + HEADER.size
                 end = start + length
-                if end > n:
+                damage = ""
+                if not META.size <= length <= MAX_FRAME_BODY:
+                    damage = "damaged frame header on read"
+                elif end > n:
                     # Past what was read: a long frame, or one cut short at the end of
                     # the file, but only if its header is intact; else it is damage.
-                    if crc32c(data[rel : rel + 8]) != head_crc:
-                        raise corrupt(offset + rel, "damaged frame header on read")
-                    need = HEADER.size + length
-                    break
+                    if crc32c(data[rel : rel + 8]) == head_crc:
+                        need = HEADER.size + length
+                        break
+                    damage = "damaged frame header on read"
                 # The body's CRC also catches a damaged length (its header CRC is
                 # what tells a torn tail from damage, and that is the writer's job).
-                if crc32c(data[start:end]) != body_crc:
-                    raise corrupt(offset + rel, "checksum mismatch on read")
+                elif crc32c(data[start:end]) != body_crc:
+                    damage = "checksum mismatch on read"
+                if damage:
+                    if newest and zeros_to_end(fd, offset + rel, size):
+                        # Zeros to the end of the newest segment: a tail that grew but was
+                        # never written out (power loss), never acknowledged: not yet there.
+                        stop = at_end = True
+                        break
+                    raise corrupt(offset + rel, damage)
                 first_position, _seq, count, _epoch, sid_len = unpack_meta(data, start)
                 if upto is not None and first_position > upto:
                     stop = True

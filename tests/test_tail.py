@@ -85,3 +85,22 @@ def test_a_frame_being_written_is_not_read_yet_and_damage_is_reported(tmp_path: 
         os.fsync(f.fileno())
     with pytest.raises(CorruptLogError, match="checksum"):
         LogTail(tmp_path).read(1)
+
+
+@pytest.mark.parametrize("zeros", [1, 12, 5000])
+def test_a_zero_filled_tail_of_the_newest_segment_is_not_yet_written(
+    tmp_path: Path, zeros: int
+) -> None:
+    """After a power loss a file can have grown with zeros its writer never wrote out."""
+    rows = _log(tmp_path)
+    newest = segment_bases(tmp_path)[-1][1]
+    with open(newest, "ab") as f:
+        f.write(b"\0" * zeros)
+    tail = LogTail(tmp_path)
+    assert [r[0] for r in tail.read(1, 10**9, rows=True)] == [r[0] for r in rows]
+    assert tail.read(len(rows) + 1, 10) == []
+    # Zeros followed by data are damage, not a tail.
+    with open(newest, "ab") as f:
+        f.write(b"x" * 20)
+    with pytest.raises(CorruptLogError):
+        LogTail(tmp_path).read(1, 10**9)

@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, NamedTuple, TypeVar, Union, get_args, get_origin
 
 import msgspec
 
@@ -49,8 +49,33 @@ from fleetlog.actors.tools import (
     resolve_in_workspace,
 )
 from fleetlog.events.errors import ToolRefused
+from fleetlog.events.schema import (
+    CancelRequested,
+    ContextCompacted,
+    EventBase,
+    LimitExceeded,
+    ModelCallFailed,
+    ModelCallRequested,
+    ModelCallRetried,
+    ModelResponded,
+    ReviewDecided,
+    ReviewRequested,
+    SessionCancelled,
+    SessionClaimed,
+    SessionCompleted,
+    SessionCreated,
+    SessionFailed,
+    SnapshotTaken,
+    ToolCallCompleted,
+    ToolCallFailed,
+    ToolCallProposed,
+    ToolCallRejected,
+    ToolCallStarted,
+    ToolCallVetted,
+    UnknownEvent,
+)
 
-__all__ = ["Policy", "Verdict", "Vetting", "check_shell", "redact", "vet"]
+__all__ = ["Policy", "Verdict", "Vetting", "check_shell", "redact", "redact_event", "vet"]
 
 Verdict = Literal["allow", "ask", "deny"]
 
@@ -1054,39 +1079,184 @@ def _package_install(name: str, texts: list[str]) -> str | None:
 
 
 # --- redaction -------------------------------------------------------------------------
+#
+# SPEC §9: secrets found in any text an event carries are redacted before the event is
+# written. ``redact`` cleans one string; ``redact_event`` cleans every field of an event that
+# can hold model, tool, user or operator text (``_TEXT_FIELDS``) and leaves ids alone.
+#
+# Every pattern stops at quotes and backslashes, so redacting JSON text (with its escapes)
+# leaves valid JSON behind. A pattern whose first character is a JSON escape letter
+# (b f n r t u) also refuses to start right after a backslash: in JSON text ``\npm_...`` is a
+# newline and ``pm_...``, and replacing ``npm_...`` would leave a dangling ``\``. Patterns
+# are kept tight (a fixed prefix, a minimum length, a required shape) so that ids, hashes,
+# paths and ordinary words go through untouched; a secret with no recognisable shape is
+# caught only next to a telling key (``password=``, ``"api_key":``, ``token:``).
 
 _REDACTED = "[REDACTED]"
-# Every pattern stops at quotes and backslashes, so redacting JSON text (with its escapes)
-# leaves valid JSON behind.
-_SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    (
-        re.compile(
-            r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----(?:[^\"]*?-----END[A-Z0-9 ]*PRIVATE KEY-----"
-            r"|(?:[A-Za-z0-9+/=\s]|\\n|\\r)*)"
-        ),
-        _REDACTED,
+
+
+class _Secret(NamedTuple):
+    """A secret's pattern, what replaces it, and a cheap gate that any match must pass."""
+
+    pattern: re.Pattern[str]
+    replacement: str
+    # a match contains one of these substrings (lowercased for a case-insensitive
+    # pattern), or this regex (with a literal first character, so fast) finds something
+    needles: tuple[str, ...] | re.Pattern[str]
+    fold: bool  # the needles are lowercase: look for them in the lowercased text
+
+
+def _secret(regex: str, *needles: str, gate: str = "", replacement: str = _REDACTED) -> _Secret:
+    pattern = re.compile(regex)
+    if gate:
+        return _Secret(pattern, replacement, re.compile(gate), fold=False)
+    fold = bool(pattern.flags & re.IGNORECASE)
+    return _Secret(pattern, replacement, tuple(n.lower() if fold else n for n in needles), fold)
+
+
+# Where a word starts: after a non-word character, or right after a JSON escape (\n, \t, ...),
+# so that a secret on its own line is found in JSON text too (``\nsk-...``), where ``\b`` fails.
+_START = r"(?:(?<!\w)|(?<=\\[bfnrt]))"
+
+# Redacting runs for every text field of every event appended, so most patterns are skipped
+# by a substring test (``str.__contains__`` is ~25x faster than a regex scan).
+_SECRET_PATTERNS: list[_Secret] = [
+    # PEM and PGP private keys: RSA, EC, DSA, OPENSSH, ENCRYPTED, PKCS#8 (the
+    # "private_key" of a GCP service-account JSON), "PGP PRIVATE KEY BLOCK". Without its
+    # END line (a truncated key) the base64 body that follows goes too.
+    _secret(
+        r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+        r"(?:[^\"]*?-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
+        r"|(?:[A-Za-z0-9+/=\s]|\\n|\\r)*)",
+        "-----BEGIN",
     ),
-    (re.compile(r"(?<=://)([^/\s:@\"'\\]+):[^/\s@\"'\\]+@"), rf"\1:{_REDACTED}@"),
-    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), rf"\1 {_REDACTED}"),
-    (re.compile(r"(?i)(authorization\s*[:=]\s*basic\s+)[A-Za-z0-9+/=]{8,}"), rf"\1{_REDACTED}"),
-    (re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{16,}"), _REDACTED),
-    (re.compile(r"\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"), _REDACTED),
-    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), _REDACTED),
-    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), _REDACTED),
-    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"), _REDACTED),
-    (re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}"), _REDACTED),
-    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), _REDACTED),
-    (re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), _REDACTED),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), _REDACTED),
+    # [user]:password@ in a URL (postgres://, https://, redis://, amqp://, ...)
+    _secret(r"://([^/\s:@\"'\\]*):[^/\s@\"'\\]+@", "://", replacement=rf"://\1:{_REDACTED}@"),
+    # Authorization / Proxy-Authorization headers: any scheme's credentials
+    _secret(
+        r"(?i)(authorization(?:\\?[\"'])?\s*[:=]\s*(?:\\?[\"'])?\s*"
+        r"(?:bearer|basic|token|bot|digest)\s+)[A-Za-z0-9._~+/=-]{8,}",
+        "authorization",
+        replacement=rf"\1{_REDACTED}",
+    ),
+    # a bare "Bearer <token>": the token must look like one (a digit, or an inner
+    # separator), so that "the bearer instrument" stays
+    _secret(
+        "(?i)" + _START + r"(bearer)\s+(?=[A-Za-z0-9._~+/=-]*?(?:[0-9]|[._~+/-][A-Za-z0-9]))"
+        r"[A-Za-z0-9._~+/=-]{8,}",
+        "bearer",
+        replacement=rf"\1 {_REDACTED}",
+    ),
+    # Anthropic sk-ant-api03-/sk-ant-admin01-, OpenAI sk-, sk-proj-, sk-svcacct-
+    _secret(_START + r"sk-[A-Za-z0-9_-]{16,}", "sk-"),
+    # Stripe secret and restricted keys, webhook secrets. Publishable keys (pk_live_,
+    # pk_test_) are meant to ship in web pages: they are not secrets and are kept.
+    _secret(r"(?<!\\)" + _START + r"[sr]k_(?:live|test)_[A-Za-z0-9]{16,}", "k_live_", "k_test_"),
+    _secret(_START + r"whsec_[A-Za-z0-9]{24,}", "whsec_"),
+    # AWS access key ids (long-term AKIA, temporary ASIA); the secret access key has no
+    # shape of its own and is caught by its key (aws_secret_access_key = ...)
+    _secret(_START + r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b", "AKIA", "ASIA", "ABIA", "ACCA"),
+    # GitHub: personal, OAuth, user-to-server, server-to-server, refresh; fine-grained PATs
+    _secret(_START + r"gh[pousr]_[A-Za-z0-9]{20,}", "ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+    _secret(_START + r"github_pat_[A-Za-z0-9_]{20,}", "github_pat_"),
+    # GitLab: personal, pipeline trigger, runner, deploy, feed, SCIM tokens
+    _secret(
+        _START + r"gl(?:pat|ptt|rt|dt|ft|soat)-[A-Za-z0-9_-]{20,}",
+        "glpat-",
+        "glptt-",
+        "glrt-",
+        "gldt-",
+        "glft-",
+        "glsoat-",
+    ),
+    # Slack: bot, user, app-level, refresh tokens; incoming webhook URLs
+    _secret(_START + r"xox[abposre]-[A-Za-z0-9-]{10,}", "xox"),
+    _secret(_START + r"xapp-[0-9]-[A-Za-z0-9-]{10,}", "xapp-"),
+    _secret(
+        r"(hooks\.slack\.com/(?:services|workflows|triggers)/)[A-Za-z0-9_/-]{8,}",
+        "hooks.slack.com/",
+        replacement=rf"\1{_REDACTED}",
+    ),
+    # Discord: webhook URLs and bot tokens (base64 user id . timestamp . hmac)
+    _secret(
+        r"(discord(?:app)?\.com/api/webhooks/[0-9]+/)[A-Za-z0-9_-]{20,}",
+        "discord",
+        replacement=rf"\1{_REDACTED}",
+    ),
+    _secret(
+        _START + r"[MNO][A-Za-z0-9_-]{23,27}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,}",
+        gate=r"\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27}",
+    ),
+    # Google: API keys, OAuth access and refresh tokens, OAuth client secrets
+    _secret(_START + r"AIza[0-9A-Za-z_-]{35}", "AIza"),
+    _secret(_START + r"ya29\.[0-9A-Za-z_-]{20,}", "ya29."),
+    _secret(_START + r"1//0[0-9A-Za-z_-]{30,}", "1//0"),
+    _secret(_START + r"GOCSPX-[0-9A-Za-z_-]{20,}", "GOCSPX-"),
+    # JSON Web Tokens (Kubernetes service-account tokens among them)
+    _secret(_START + r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}", "eyJ"),
+    # Hugging Face user and org tokens
+    _secret(_START + r"(?:hf|api_org)_[A-Za-z0-9]{30,}", "hf_", "api_org_"),
+    # npm access tokens (also as .npmrc's _authToken=npm_...)
+    _secret(r"(?<!\\)" + _START + r"npm_[A-Za-z0-9]{30,}", "npm_"),
+    # PyPI and TestPyPI API tokens (macaroons)
+    _secret(_START + r"pypi-AgE[A-Za-z0-9_-]{40,}", "pypi-AgE"),
+    # Twilio: an account or API key SID followed by its auth token or secret (basic-auth
+    # form ``AC...:token``) keeps the SID and loses the token; API key SIDs go too.
+    _secret(
+        _START + r"((?:AC|SK)[0-9a-fA-F]{32}):[A-Za-z0-9]{32}\b",
+        gate=r"[AS][CK][0-9a-fA-F]{32}:",
+        replacement=rf"\1:{_REDACTED}",
+    ),
+    _secret(_START + r"SK[0-9a-fA-F]{32}\b", gate=r"SK[0-9a-fA-F]{32}"),
+    # SendGrid, Mailgun, DigitalOcean, Heroku (new format; older UUID keys only by key name)
+    _secret(_START + r"SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}", "SG."),
+    _secret(_START + r"key-[0-9a-zA-Z]{32}\b", "key-"),
+    _secret(_START + r"do[por]_v1_[a-f0-9]{64}\b", "_v1_"),
+    _secret(_START + r"HRKU-[A-Za-z0-9_-]{20,}", "HRKU-"),
+    # Shopify access tokens and shared secrets
+    _secret(
+        _START + r"shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b", "shpat_", "shpca_", "shppa_", "shpss_"
+    ),
+    # Azure SAS signatures (sig=... in a URL or a connection string); AccountKey= and
+    # SharedAccessKey= are caught by their key
+    _secret(
+        r"((?:[?&;]|\\u0026)sig=)[A-Za-z0-9%+/=_-]{16,}", "sig=", replacement=rf"\1{_REDACTED}"
+    ),
+    # HashiCorp Vault service, batch and recovery tokens; Terraform Cloud API tokens
+    _secret(_START + r"hv[sbr]\.[A-Za-z0-9_-]{24,}", "hvs.", "hvb.", "hvr."),
+    _secret(_START + r"[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,}", ".atlasv1."),
+    # Databricks, Doppler, Linear, Postman, New Relic, Grafana, age
+    _secret(_START + r"dapi[a-h0-9]{32}(?:-[0-9]+)?\b", "dapi"),
+    _secret(_START + r"dp\.(?:st|ct|pt|sa|scim|audit)\.[A-Za-z0-9_.-]{20,}", "dp."),
+    _secret(_START + r"lin_api_[A-Za-z0-9]{40,}", "lin_api_"),
+    _secret(_START + r"PMAK-[a-f0-9]{24}-[a-f0-9]{34}\b", "PMAK-"),
+    _secret(_START + r"NRAK-[A-Z0-9]{27}\b", "NRAK-"),
+    _secret(_START + r"glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}\b", "glsa_"),
+    _secret(_START + r"AGE-SECRET-KEY-1[0-9A-Z]{58}\b", "AGE-SECRET-KEY-1"),
+    # Telegram bot tokens: <bot id>:AA<33 characters>
+    _secret(_START + r"[0-9]{6,12}:AA[A-Za-z0-9_-]{30,}", ":AA"),
+    # .npmrc's _auth=<base64 of user:password>
+    _secret(
+        r"(?i)(?:(?<![\w.])|(?<=\\[bfnrt]))(_auth\s*=\s*)[A-Za-z0-9+/]{8,}=*",
+        "_auth",
+        replacement=rf"\1{_REDACTED}",
+    ),
 ]
 _SECRET_KEYS = (
-    r"password|passwd|passphrase|pwd|secret|client_secret|secret_key|secret_access_key"
-    r"|api[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token|token|private[_-]?key"
+    r"password|passwd|passphrase|pwd|pgpassword|secret|client_secret|secret_key"
+    r"|secret_access_key|api[_-]?key|access[_-]?key|access[_-]?token|auth[_-]?token"
+    r"|refresh[_-]?token|token|private[_-]?key|account[_-]?key|shared[_-]?access[_-]?key"
+    r"|client[_-]key[_-]data"
 )
-# The value: a whole quoted string, or one bare word. A double-quoted value never starts
-# with , : ] } -- in JSON text that quote closes the string the key is in, not a value.
+# A fast gate for _KEY_VALUE, run on the lowercased text (a case-insensitive scan is ~7x
+# slower): every key above is one of these words plus [a-z_-] letters, then : or =.
+_KEY_GATE = re.compile(r"(?:pass|pwd|secret|key|token)[a-z_-]*(?:\\?[\"'])?[ \t]*[:=]")
+# The value: a whole quoted string, or one bare word, on the key's line (``_Secret:`` ending
+# a line of code does not make the next line's first word a secret). A double-quoted value
+# never starts with , : ] } -- in JSON text that quote closes the string the key is in.
 _KEY_VALUE = re.compile(
-    rf"(?i)(?<![A-Za-z])((?:{_SECRET_KEYS})(?![A-Za-z])[\"']?\s*[:=]\s*)"
+    r"(?i)(?:(?<![A-Za-z])|(?<=\\[bfnrt]))"
+    rf"((?:{_SECRET_KEYS})(?![A-Za-z])(?:\\?[\"'])?[ \t]*[:=][ \t]*)"
     r"(\"(?![,:\]}])[^\"\\\n]*\""
     r"|'[^'\"\\\n]*'"
     r"|\\\"[^\"\\\n]*\\\""
@@ -1102,17 +1272,126 @@ def _redact_value(m: re.Match[str]) -> str:
     opening = re.match(r"\\?[\"']", value)
     if opening:
         return f"{key}{opening.group(0)}{_REDACTED}"
-    if key.rstrip(" \t:=").endswith('"'):  # a JSON member such as "token": 5 stays valid JSON
+    # a JSON member such as "token": 5 stays valid JSON, and so does an escaped one (\"token\": 5)
+    # in JSON text held in a JSON string
+    if key.rstrip(" \t:=").endswith('\\"'):
+        return f'{key}\\"{_REDACTED}\\"'
+    if key.rstrip(" \t:=").endswith('"'):
         return f'{key}"{_REDACTED}"'
     return f"{key}{_REDACTED}"
+
+
+_MAX_PASSES = 8
 
 
 def redact(text: str) -> str:
     """Replace secrets (API keys, tokens, private keys, passwords) with ``[REDACTED]``.
 
     Idempotent, and safe on JSON text: the result of redacting ``json.dumps(x)``
-    is still valid JSON.
+    is still valid JSON. Returns ``text`` itself when there is nothing to redact.
     """
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
+    # Redacting one secret can uncover another (``ghp_...AIza...`` glued together: once
+    # the first is gone the second starts a word), so repeat until nothing changes.
+    for _ in range(_MAX_PASSES):
+        clean = _redact_once(text)
+        if clean is text or clean == text:
+            return text
+        text = clean
+    return text
+
+
+def _redact_once(text: str) -> str:
+    lower = ""
+    for pattern, replacement, needles, fold in _SECRET_PATTERNS:
+        if isinstance(needles, re.Pattern):
+            if needles.search(text) is None:
+                continue
+        else:
+            haystack = text
+            if fold:
+                haystack = lower = lower or text.lower()
+            for needle in needles:
+                if needle in haystack:
+                    break
+            else:
+                continue
+        clean = pattern.sub(replacement, text)
+        if clean != text:
+            text, lower = clean, ""
+    if _KEY_GATE.search(lower or text.lower()) is None:
+        return text
     return _KEY_VALUE.sub(_redact_value, text)
+
+
+#: The fields of each event type that can hold model, tool, user or operator text, and so
+#: are redacted before the event is written. Every other ``str`` field is an id, a name or
+#: a code (session, call, request and task ids, tool and model names, idempotency keys,
+#: owners, tenants, verdicts, rules, stop reasons, hashes) and is never touched: rewriting
+#: one would break replay. ``tests/test_redaction.py`` fails for a ``str`` field that is in
+#: neither list. JSON-text fields (``ModelResponded.content``, ``ToolCallProposed.input``,
+#: ``SnapshotTaken.state``) stay valid JSON: ``redact`` is JSON-safe.
+_TEXT_FIELDS: dict[type[EventBase], tuple[str, ...]] = {
+    SessionCreated: ("prompt", "system"),
+    SessionClaimed: (),
+    CancelRequested: ("note",),
+    SessionCompleted: ("result",),
+    SessionFailed: ("error",),
+    SessionCancelled: ("note",),
+    # folded from events already redacted; rare, so cleaning it again costs little
+    SnapshotTaken: ("state",),
+    ModelCallRequested: (),
+    ModelCallRetried: ("error",),
+    # every content block: text, tool_use input, thinking, server tool use and results
+    ModelResponded: ("content",),
+    ModelCallFailed: ("error",),
+    ToolCallProposed: ("input",),
+    # a reason may quote the call's arguments (a command, a path)
+    ToolCallVetted: ("reason",),
+    ToolCallRejected: ("reason",),
+    ReviewRequested: ("reason",),
+    ReviewDecided: ("note",),
+    ToolCallStarted: (),
+    ToolCallCompleted: ("output",),
+    ToolCallFailed: ("error",),
+    ContextCompacted: ("summary",),
+    LimitExceeded: ("detail",),
+    UnknownEvent: (),  # read-only: it is never written
+}
+
+_E = TypeVar("_E", bound=EventBase)
+
+
+def redact_event(event: _E) -> _E:
+    """``event`` with its text fields (``_TEXT_FIELDS``) redacted; ``event`` itself if clean.
+
+    Runs on every append: an event with no text fields costs one dict lookup, and only
+    ``str`` values are redacted (a ``BlobRef`` has been written already and is left alone).
+    A type missing from the table has all of its ``str`` fields redacted, to be safe.
+    """
+    names = _TEXT_FIELDS.get(type(event))
+    if names is None:
+        names = _TEXT_FIELDS.setdefault(type(event), _str_fields(type(event)))
+    if not names:
+        return event
+    changes: dict[str, str] | None = None
+    for name in names:
+        value = getattr(event, name)
+        if isinstance(value, str) and value:
+            clean = redact(value)
+            if clean is not value and clean != value:
+                if changes is None:
+                    changes = {}
+                changes[name] = clean
+    if changes is None:
+        return event
+    return msgspec.structs.replace(event, **changes)
+
+
+def _str_fields(cls: type[EventBase]) -> tuple[str, ...]:
+    """The fields of ``cls`` that may hold a ``str`` (``str``, ``Payload``, optional ``str``)."""
+    names = []
+    for info in msgspec.structs.fields(cls):
+        kinds = get_args(info.type) if isinstance(info.type, UnionType) else (info.type,)
+        if str in kinds:
+            names.append(info.name)
+    return tuple(names)

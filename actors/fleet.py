@@ -33,12 +33,13 @@ from fleetlog.actors.host import HostCore, host_for
 from fleetlog.actors.ledger import Budget, Ledger
 from fleetlog.actors.runner import Command
 from fleetlog.config import Config, Task
+from fleetlog.events.errors import FleetlogError
 from fleetlog.events.schema import Envelope, SessionCreated
 from fleetlog.events.tail import LogTail
 from fleetlog.projections.projector import partitions
 from fleetlog.projections.service import ProjectionService, SessionsView
 
-__all__ = ["Fleet", "namespace_for", "FLEET_FILE", "session_event"]
+__all__ = ["Fleet", "namespace_for", "FLEET_FILE", "seed_ledger", "session_event"]
 
 FLEET_FILE = "fleet.json"
 SETTLED = frozenset({"completed", "failed", "cancelled", "awaiting_review"})
@@ -127,21 +128,28 @@ class _LedgerActor:
             if not self._built:
                 view = await _sessions_view(_projector_handle(self.namespace))
                 if view is not None:
-                    for sid, _partition, _status, tenant, cost, tokens in view.sessions:
-                        self.ledger.seed(sid, tenant, cost, tokens)
+                    seed_ledger(self.ledger, view)
                 for _partition, batch in _tail(self.home, view):
                     self.ledger.fold(batch)
                 self._built = True
 
-    async def reserve(self, tenant: str, usd: float, tokens: int) -> tuple[bool, str]:
+    async def reserve(
+        self,
+        tenant: str,
+        session_id: str,
+        usd: float,
+        tokens: int,
+        spent_usd: float,
+        spent_tokens: int,
+    ) -> tuple[bool, str]:
         await self._build()
-        return self.ledger.reserve(tenant, usd, tokens)
+        return self.ledger.reserve(tenant, session_id, usd, tokens, spent_usd, spent_tokens)
 
-    async def settle(
-        self, tenant: str, reserved_usd: float, reserved_tokens: int, usd: float, tokens: int
+    async def release(
+        self, tenant: str, session_id: str, spent_usd: float, spent_tokens: int
     ) -> None:
         await self._build()
-        self.ledger.settle(tenant, reserved_usd, reserved_tokens, usd, tokens)
+        self.ledger.release(tenant, session_id, spent_usd, spent_tokens)
 
     async def snapshot(self) -> dict[str, dict[str, float]]:
         await self._build()
@@ -155,18 +163,38 @@ def _projector_handle(namespace: str) -> Any | None:
         return None
 
 
+def seed_ledger(ledger: Ledger, view: SessionsView) -> None:
+    """A ledger's start from the projections: spending and the reservations in flight."""
+    held = {sid: (usd, tokens) for sid, usd, tokens in view.reservations}
+    for sid, _partition, _status, tenant, cost, tokens in view.sessions:
+        reserved_usd, reserved_tokens = held.get(sid, (0.0, 0))
+        ledger.seed(
+            sid, tenant, cost, tokens, reserved_usd=reserved_usd, reserved_tokens=reserved_tokens
+        )
+
+
 class _LedgerPort:
     def __init__(self, actor: Any) -> None:
         self.actor = actor
 
-    async def reserve(self, tenant: str, usd: float, tokens: int) -> tuple[bool, str]:
-        result: tuple[bool, str] = await self.actor.reserve.remote(tenant, usd, tokens)
+    async def reserve(
+        self,
+        tenant: str,
+        session_id: str,
+        usd: float,
+        tokens: int,
+        spent_usd: float,
+        spent_tokens: int,
+    ) -> tuple[bool, str]:
+        result: tuple[bool, str] = await self.actor.reserve.remote(
+            tenant, session_id, usd, tokens, spent_usd, spent_tokens
+        )
         return result
 
-    async def settle(
-        self, tenant: str, reserved_usd: float, reserved_tokens: int, usd: float, tokens: int
+    async def release(
+        self, tenant: str, session_id: str, spent_usd: float, spent_tokens: int
     ) -> None:
-        await self.actor.settle.remote(tenant, reserved_usd, reserved_tokens, usd, tokens)
+        await self.actor.release.remote(tenant, session_id, spent_usd, spent_tokens)
 
 
 class _HostActor:
@@ -181,6 +209,10 @@ class _HostActor:
             return await _sessions_view(_projector_handle(namespace))
 
         self.core = HostCore(index, hosts, Path(home), config, budget, sessions_view=view)
+        # Started, or restarted by Ray after a crash: resume this host's sessions now,
+        # not when some call happens to reach it. Asked of itself, as a queued call.
+        with contextlib.suppress(Exception):
+            ray.get_runtime_context().current_actor.ping.remote()
 
     async def ping(self) -> int:
         await self.core.start()
@@ -199,9 +231,13 @@ class _HostActor:
         await self.core.start()
         return await self.core.create(session_id, event)
 
-    async def command(self, session_id: str, command: Command) -> bool:
+    async def command(self, session_id: str, command: Command) -> tuple[bool, str]:
+        """(found, error): a refusal comes back as its one line, not as a remote traceback."""
         await self.core.start()
-        return await self.core.command(session_id, command)
+        try:
+            return await self.core.command(session_id, command), ""
+        except FleetlogError as e:
+            return True, str(e)
 
     async def statuses(self) -> list[dict[str, Any]]:
         await self.core.start()
@@ -267,11 +303,11 @@ class _Dispatcher:
         created: bool = await owner.create.remote(session_id, event)
         return created
 
-    async def command(self, session_id: str, command: Command) -> bool:
+    async def command(self, session_id: str, command: Command) -> tuple[bool, str]:
         owner = await self._owner(session_id)
         if owner is None:
-            return False
-        result: bool = await owner.command.remote(session_id, command)
+            return False, ""
+        result: tuple[bool, str] = await owner.command.remote(session_id, command)
         return result
 
     async def statuses(self) -> list[dict[str, Any]]:
@@ -400,8 +436,11 @@ class Fleet:
         return sum(1 for created in ray.get(refs) if created)
 
     def command(self, session_id: str, command: Command) -> bool:
-        result: bool = ray.get(self.dispatcher.command.remote(session_id, command))
-        return result
+        """Record a decision durably (False: no such session); FleetlogError if refused."""
+        found, error = ray.get(self.dispatcher.command.remote(session_id, command))
+        if error:
+            raise FleetlogError(error)
+        return bool(found)
 
     def statuses(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = ray.get(self.dispatcher.statuses.remote())

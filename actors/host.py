@@ -10,7 +10,6 @@ stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -29,10 +28,11 @@ from fleetlog.actors.runner import (
     SessionRunner,
     internal_error,
 )
-from fleetlog.actors.safety import Policy
+from fleetlog.actors.safety import Policy, redact_event
 from fleetlog.actors.tools import BUILTIN_TOOLS, ToolSpec, load_tools_module
 from fleetlog.config import Config
 from fleetlog.events.errors import ConcurrencyError, FencedError, LogError, LogLockedError
+from fleetlog.events.faults import crash_point
 from fleetlog.events.filelog import FileLog
 from fleetlog.events.log import AppendResult
 from fleetlog.events.partitions import indexed_partitions, partition_path
@@ -86,7 +86,7 @@ class _PartitionPort:
         self.host = host
 
     async def append(
-        self, session_id: str, events: Sequence[Event], expected_seq: int, epoch: int | None
+        self, session_id: str, events: Sequence[Event], expected_seq: int, epoch: int
     ) -> AppendResult:
         return await self.host.log_for(session_id).append_async(
             session_id, events, expected_seq, epoch
@@ -252,7 +252,8 @@ class HostCore:
         """Record a new session in this host's partition and run it; False if it existed."""
         if self.find(session_id) is None:
             try:
-                await self.log_for(session_id).append_async(session_id, [event], 0)
+                # Epoch 0, the lowest: any owner's claim fences this writer off.
+                await self.log_for(session_id).append_async(session_id, [redact_event(event)], 0, 0)
             except ConcurrencyError:
                 pass
             else:
@@ -268,18 +269,20 @@ class HostCore:
         self.wakeups.setdefault(session_id, asyncio.Event())
         self.tasks[session_id] = asyncio.get_running_loop().create_task(self._drive(session_id))
 
-    async def _drive(self, session_id: str) -> None:
+    def _runner(self, session_id: str) -> SessionRunner:
         runner = self.runners.get(session_id)
         if runner is None:
             runner = self.runners[session_id] = SessionRunner(session_id, self.deps)
+        return runner
+
+    async def _drive(self, session_id: str) -> None:
+        runner = self._runner(session_id)
         backoff = 0.05
-        claimed = runner.epoch > 0
         while True:
             try:
-                if not claimed:
-                    await runner.claim()
-                    claimed = True
+                await runner.ensure_claimed()
                 state = await runner.run()
+                backoff = 0.05
                 if state.session.terminal:
                     return
                 # Waiting for a human: sleep until a command arrives.
@@ -290,12 +293,13 @@ class HostCore:
                 log.info("session %s was claimed by a newer owner; letting go", session_id)
                 return
             except ConcurrencyError:
-                await runner.load()  # someone appended (an operator's decision): re-read
+                await runner.load()  # someone appended: re-read
             except LogError as e:
                 log.warning("session %s: log unavailable (%s); retrying", session_id, e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                claimed = False  # re-read and re-claim: the append may or may not have landed
+                self._heal(session_id)
+                runner.epoch = 0  # re-read and re-claim: the append may or may not have landed
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -306,21 +310,39 @@ class HostCore:
                     log.exception("session %s: could not record the failure", session_id)
                 return
 
+    def _heal(self, session_id: str) -> None:
+        """Reopen the partition of ``session_id`` if a failed write poisoned it.
+
+        After a failed write or fsync a FileLog accepts nothing more (its page
+        cache may not match the disk); reopening rescans the files, keeps what
+        is durable and cuts a torn tail, so its sessions can go on.
+        """
+        for index, partition in list(self.partitions.items()):
+            if partition.failed is None or partition.last_seq(session_id) == 0:
+                continue
+            if partition is not self.log_for(session_id):
+                continue
+            log.warning("partition %d: reopening after %s", index, partition.failed)
+            partition.close()
+            try:
+                self.partitions[index] = self._open_locked(partition.path)
+            except LogError as e:
+                log.warning("partition %d: cannot reopen yet (%s)", index, e)
+
     async def command(self, session_id: str, command: Command) -> bool:
-        """Route an operator's decision to the session; False if it is not here."""
+        """Record an operator's decision durably, then wake the session; False if not here.
+
+        Returns only once the decision is in the log (SPEC §4); a FleetlogError
+        says in one line why it cannot apply (decided otherwise, ended, a
+        different call). The same decision made twice is recorded once.
+        """
         if self.find(session_id) is None:
             return False
-        runner = self.runners.get(session_id)
-        if runner is None:
-            runner = self.runners[session_id] = SessionRunner(session_id, self.deps)
-        runner.inbox.append(command)
-        task = self.tasks.get(session_id)
-        if command.kind == "cancel" and task is not None and not task.done():
-            # Stop the effect in flight; the restarted task records the cancellation.
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            await runner.load()
+        crash_point("after_command_received")
+        runner = self._runner(session_id)
+        await runner.ensure_claimed()
+        await runner.record_command(command)
+        crash_point("after_command_recorded")
         self.wakeups.setdefault(session_id, asyncio.Event()).set()
         self.open(session_id)
         return True

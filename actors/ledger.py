@@ -1,11 +1,23 @@
-"""BudgetLedger: fleet-wide tenant budgets (SPEC §6 ``[budgets.*]``).
+"""BudgetLedger: fleet-wide tenant budgets (SPEC §6 ``[budgets.*]``), a hard cap.
 
-Before each model call a host reserves the call's worst case against the
-tenant's budget; after it, the reservation is settled with the real cost.
-Spending is recorded in the log (``ModelResponded.cost_usd``), so after a
-restart the ledger is rebuilt from the projections (``seed``: what each
-session spent up to the projection checkpoint) plus a fold of the log beyond
-it: reservations in flight at a crash are simply gone, what was spent is not.
+Before each model call a session reserves the call's worst case (the largest
+input the request can be billed for, plus its ``max_tokens`` of output, at the
+model's prices) against its tenant's budget; after the reply is durable, the
+reservation is released and the session's spending recorded. A call is
+granted only while ``spent + reserved + worst case <= budget``, and a call can
+never cost more than its worst case, so spending never exceeds the budget.
+
+Everything is keyed by session, and a session has at most one model call in
+flight, so every message is idempotent and carries the session's *cumulative*
+spending from its durable state: a late, repeated or lost ``release`` cannot
+count anything twice or leave a reservation behind, and the session's next
+``reserve`` (after a restart of its host, say) replaces whatever it held.
+
+Reservations are durable too: ``ModelCallRequested`` records the amounts, and
+is written before the ledger is asked. So a restarted ledger, rebuilt from the
+projections plus a fold of the log beyond them, knows every reservation in
+flight and its holder (a session whose last request is unanswered and that has
+not ended), and a session's end releases whatever it held.
 """
 
 from __future__ import annotations
@@ -13,9 +25,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from fleetlog.events.schema import Envelope, ModelResponded, SessionCreated
+from fleetlog.events.faults import crash_point
+from fleetlog.events.schema import (
+    Envelope,
+    ModelCallFailed,
+    ModelCallRequested,
+    ModelResponded,
+    SessionCancelled,
+    SessionCompleted,
+    SessionCreated,
+    SessionFailed,
+)
 
 __all__ = ["Budget", "Ledger"]
+
+_ENDS = (SessionCompleted, SessionFailed, SessionCancelled)
 
 
 @dataclass(frozen=True)
@@ -30,63 +54,111 @@ class _Account:
     spent_tokens: int = 0
     reserved_usd: float = 0.0
     reserved_tokens: int = 0
+    holders: int = 0  # sessions holding a reservation
+
+
+@dataclass
+class _Session:
+    tenant: str
+    spent_usd: float = 0.0
+    spent_tokens: int = 0
+    reserved_usd: float = 0.0
+    reserved_tokens: int = 0
 
 
 @dataclass
 class Ledger:
     budgets: dict[str, Budget]
     accounts: dict[str, _Account] = field(default_factory=dict)
-    _tenant_of: dict[str, str] = field(default_factory=dict)
+    sessions: dict[str, _Session] = field(default_factory=dict)
+
+    # --- rebuilding ----------------------------------------------------------------------
 
     def fold(self, envelopes: Iterable[Envelope]) -> None:
-        """Add what these events spent (a rebuild folds the whole log from position 1)."""
+        """Apply what these events spent and reserved (a rebuild folds the log in order)."""
         for env in envelopes:
             event = env.event
             if isinstance(event, SessionCreated):
-                self._tenant_of[env.session_id] = event.tenant
+                self._session(env.session_id, event.tenant)
+                continue
+            session = self.sessions.get(env.session_id)
+            if session is None:
+                session = self._session(env.session_id, "default")
+            if isinstance(event, ModelCallRequested):
+                self._hold(session, event.reserved_usd, event.reserved_tokens)
             elif isinstance(event, ModelResponded):
-                tenant = self._tenant_of.get(env.session_id, "default")
-                account = self.accounts.setdefault(tenant, _Account())
-                account.spent_usd += event.cost_usd
-                account.spent_tokens += event.input_tokens + event.output_tokens
+                self._spend(
+                    session,
+                    session.spent_usd + event.cost_usd,
+                    session.spent_tokens + event.input_tokens + event.output_tokens,
+                )
+                self._hold(session, 0.0, 0)
+            elif isinstance(event, (ModelCallFailed, *_ENDS)):
+                self._hold(session, 0.0, 0)
 
-    def seed(self, session_id: str, tenant: str, usd: float, tokens: int) -> None:
-        """Add one session's spending as the projections report it (a rebuild's start)."""
-        self._tenant_of[session_id] = tenant
-        account = self.accounts.setdefault(tenant, _Account())
-        account.spent_usd += usd
-        account.spent_tokens += tokens
+    def seed(
+        self,
+        session_id: str,
+        tenant: str,
+        usd: float,
+        tokens: int,
+        *,
+        reserved_usd: float = 0.0,
+        reserved_tokens: int = 0,
+    ) -> None:
+        """One session as the projections report it (a rebuild's start)."""
+        session = self._session(session_id, tenant)
+        self._spend(session, session.spent_usd + usd, session.spent_tokens + tokens)
+        self._hold(session, reserved_usd, reserved_tokens)
 
-    def reserve(self, tenant: str, usd: float, tokens: int) -> tuple[bool, str]:
-        budget = self.budgets.get(tenant)
-        account = self.accounts.setdefault(tenant, _Account())
+    # --- the sessions' calls -------------------------------------------------------------
+
+    def reserve(
+        self,
+        tenant: str,
+        session_id: str,
+        usd: float,
+        tokens: int,
+        spent_usd: float = 0.0,
+        spent_tokens: int = 0,
+    ) -> tuple[bool, str]:
+        """Grant ``session_id``'s next call up to ``usd``/``tokens``, replacing what it held.
+
+        ``spent_*`` are the session's cumulative, durable spending: they make up
+        for a ``release`` that never arrived (its host died first).
+        """
+        session = self._session(session_id, tenant)
+        self._spend(session, spent_usd, spent_tokens)
+        self._hold(session, 0.0, 0)
+        crash_point("in_reserve")
+        budget = self.budgets.get(session.tenant)
+        account = self.accounts[session.tenant]
         if budget is not None:
             if budget.max_cost_usd is not None:
                 committed = account.spent_usd + account.reserved_usd
                 if committed + usd > budget.max_cost_usd:
                     return False, (
-                        f"tenant {tenant} has ${committed:.4f} of its ${budget.max_cost_usd:g} "
-                        f"budget spent or reserved; this call needs up to ${usd:.4f}"
+                        f"tenant {session.tenant} has ${committed:.4f} of its "
+                        f"${budget.max_cost_usd:g} budget spent or reserved; "
+                        f"this call may cost up to ${usd:.4f}"
                     )
             if budget.max_tokens is not None:
                 committed_tokens = account.spent_tokens + account.reserved_tokens
                 if committed_tokens + tokens > budget.max_tokens:
                     return False, (
-                        f"tenant {tenant} has {committed_tokens} of its {budget.max_tokens} "
-                        f"tokens spent or reserved; this call needs up to {tokens}"
+                        f"tenant {session.tenant} has {committed_tokens} of its "
+                        f"{budget.max_tokens} tokens spent or reserved; "
+                        f"this call may use up to {tokens}"
                     )
-        account.reserved_usd += usd
-        account.reserved_tokens += tokens
+        self._hold(session, usd, tokens)
         return True, ""
 
-    def settle(
-        self, tenant: str, reserved_usd: float, reserved_tokens: int, usd: float, tokens: int
-    ) -> None:
-        account = self.accounts.setdefault(tenant, _Account())
-        account.reserved_usd = max(account.reserved_usd - reserved_usd, 0.0)
-        account.reserved_tokens = max(account.reserved_tokens - reserved_tokens, 0)
-        account.spent_usd += usd
-        account.spent_tokens += tokens
+    def release(self, tenant: str, session_id: str, spent_usd: float, spent_tokens: int) -> None:
+        """The session's call is over (answered, failed, cut off) or the session ended."""
+        session = self._session(session_id, tenant)
+        crash_point("in_settle")
+        self._spend(session, spent_usd, spent_tokens)
+        self._hold(session, 0.0, 0)
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         return {
@@ -95,6 +167,39 @@ class Ledger:
                 "spent_tokens": a.spent_tokens,
                 "reserved_usd": a.reserved_usd,
                 "reserved_tokens": a.reserved_tokens,
+                "holders": a.holders,
             }
             for tenant, a in self.accounts.items()
         }
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def _session(self, session_id: str, tenant: str) -> _Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            session = self.sessions[session_id] = _Session(tenant)
+            self.accounts.setdefault(tenant, _Account())
+        return session
+
+    def _spend(self, session: _Session, usd: float, tokens: int) -> None:
+        # Cumulative and monotone: the larger of what the ledger and the session know.
+        account = self.accounts[session.tenant]
+        if usd > session.spent_usd:
+            account.spent_usd += usd - session.spent_usd
+            session.spent_usd = usd
+        if tokens > session.spent_tokens:
+            account.spent_tokens += tokens - session.spent_tokens
+            session.spent_tokens = tokens
+
+    def _hold(self, session: _Session, usd: float, tokens: int) -> None:
+        account = self.accounts[session.tenant]
+        held = session.reserved_usd > 0 or session.reserved_tokens > 0
+        holds = usd > 0 or tokens > 0
+        account.reserved_usd += usd - session.reserved_usd
+        account.reserved_tokens += tokens - session.reserved_tokens
+        account.holders += int(holds) - int(held)
+        if account.holders == 0:  # no drift from float subtraction once nothing is held
+            account.reserved_usd = 0.0
+            account.reserved_tokens = 0
+        session.reserved_usd = usd
+        session.reserved_tokens = tokens

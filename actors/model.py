@@ -42,6 +42,8 @@ __all__ = [
     "cost_usd",
     "demo_tasks",
     "estimate_tokens",
+    "worst_case_input_tokens",
+    "worst_case_usage",
 ]
 
 
@@ -60,6 +62,9 @@ class ModelRequest(msgspec.Struct, frozen=True):
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]]
     max_tokens: int = 4096
+    #: fleetlog's id of the call (the same on every attempt), sent as ``X-Fleetlog-Request``
+    #: so that a proxy or the API's logs can be matched with the event log.
+    request_id: str = ""
 
 
 class ModelReply(msgspec.Struct, frozen=True):
@@ -83,6 +88,10 @@ class ModelClient(Protocol):
         self, request: ModelRequest, *, timeout_s: float, on_retry: RetryHook | None = None
     ) -> ModelReply: ...
 
+    def max_usage(self, request: ModelRequest) -> Usage:
+        """The most this request can be billed for: what a budget reserves before the call."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -101,6 +110,23 @@ def cost_usd(usage: Usage, input_usd_per_mtok: float, output_usd_per_mtok: float
         + usage.cache_write_tokens * CACHE_WRITE_FACTOR
     )
     return (input_units * input_usd_per_mtok + usage.output_tokens * output_usd_per_mtok) / 1e6
+
+
+def worst_case_input_tokens(request: ModelRequest) -> int:
+    """An upper bound on the input tokens ``request`` can be billed for.
+
+    A token covers at least one byte of UTF-8 text, and the request's JSON is
+    longer than its text; a few tokens a message cover the role framing.
+    """
+    encoded = msgspec.json.encode([request.system, request.messages, request.tools])
+    return len(encoded) + 8 * len(request.messages) + 64
+
+
+def worst_case_usage(request: ModelRequest) -> Usage:
+    """The whole input billed as cache writes (the dearest input), and ``max_tokens`` out."""
+    return Usage(
+        cache_write_tokens=worst_case_input_tokens(request), output_tokens=request.max_tokens
+    )
 
 
 def estimate_tokens(request: ModelRequest) -> int:
@@ -216,6 +242,9 @@ class AnthropicModel:
             system=request.system if request.system else anthropic.omit,
             tools=cast("list[ToolUnionParam]", request.tools) if request.tools else anthropic.omit,
             timeout=timeout_s,
+            extra_headers={"X-Fleetlog-Request": request.request_id}
+            if request.request_id
+            else None,
         )
 
     def _delay(self, attempt: int, retry_after_s: float | None) -> float:
@@ -226,6 +255,9 @@ class AnthropicModel:
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, _MAX_RETRY_AFTER_S))
         return delay
+
+    def max_usage(self, request: ModelRequest) -> Usage:
+        return worst_case_usage(request)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -516,6 +548,16 @@ class ScriptedModel:
                 raise ModelError(f"scripted model timed out after {timeout_s:g}s", retryable=True)
             await asyncio.sleep(self._latency_s)
         return self.respond(request)
+
+    def max_usage(self, request: ModelRequest) -> Usage:
+        usage = worst_case_usage(request)
+        if _has(r"\bexpensive\b", _prompt_of(request.messages)):
+            # Its "expensive" replies bill more than any real request could.
+            return Usage(
+                cache_write_tokens=usage.cache_write_tokens + _EXPENSIVE_INPUT_TOKENS,
+                output_tokens=usage.output_tokens + _EXPENSIVE_OUTPUT_TOKENS,
+            )
+        return usage
 
     async def aclose(self) -> None:
         return None

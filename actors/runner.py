@@ -10,12 +10,16 @@ any point resumes correctly from the log (see ``loop.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import msgspec
 
 from fleetlog.actors.loop import (
     AgentState,
@@ -32,10 +36,17 @@ from fleetlog.actors.loop import (
     fail,
     fold_agent,
 )
-from fleetlog.actors.model import ModelClient, ModelRequest, cost_usd
-from fleetlog.actors.safety import Policy, redact, vet
-from fleetlog.actors.tools import ToolContext, ToolSpec, run_tool, validate_input
+from fleetlog.actors.model import ModelClient, ModelReply, ModelRequest, cost_usd
+from fleetlog.actors.safety import Policy, redact_event, vet
+from fleetlog.actors.tools import (
+    DEFAULT_GRACE_S,
+    ToolContext,
+    ToolSpec,
+    run_tool,
+    validate_input,
+)
 from fleetlog.events.errors import FleetlogError, ModelError, ToolInputError
+from fleetlog.events.faults import crash_point
 from fleetlog.events.log import AppendResult
 from fleetlog.events.schema import (
     CancelRequested,
@@ -56,27 +67,39 @@ from fleetlog.events.schema import (
     ToolCallStarted,
     ToolCallVetted,
 )
-from fleetlog.events.state import SessionState
+from fleetlog.events.state import SessionState, call_hash
+
+log = logging.getLogger("fleetlog.runner")
 
 __all__ = ["LogPort", "BudgetPort", "Pricing", "RunnerDeps", "SessionRunner", "Command"]
-
-#: Output tokens reserved against a tenant budget before a call (the reply's cap).
-RESERVE_OUTPUT_TOKENS = 1024
 
 
 class LogPort(Protocol):
     async def append(
-        self, session_id: str, events: Sequence[Event], expected_seq: int, epoch: int | None
+        self, session_id: str, events: Sequence[Event], expected_seq: int, epoch: int
     ) -> AppendResult: ...
 
     async def read_stream(self, session_id: str) -> list[Envelope]: ...
 
 
 class BudgetPort(Protocol):
-    async def reserve(self, tenant: str, usd: float, tokens: int) -> tuple[bool, str]: ...
+    """The fleet's ledger (see ``ledger.py``): keyed by session, so every call is idempotent.
 
-    async def settle(
-        self, tenant: str, reserved_usd: float, reserved_tokens: int, usd: float, tokens: int
+    ``spent_*`` are always the session's cumulative, durable spending.
+    """
+
+    async def reserve(
+        self,
+        tenant: str,
+        session_id: str,
+        usd: float,
+        tokens: int,
+        spent_usd: float,
+        spent_tokens: int,
+    ) -> tuple[bool, str]: ...
+
+    async def release(
+        self, tenant: str, session_id: str, spent_usd: float, spent_tokens: int
     ) -> None: ...
 
 
@@ -103,17 +126,24 @@ class RunnerDeps:
     compact_at: float = 0.8
     keep_recent_turns: int = 4
     clock: Callable[[], float] = time.time
+    # After a timeout or a cancel, how long a tool that cannot be interrupted is waited for.
+    effect_grace_s: float = DEFAULT_GRACE_S
 
 
 @dataclass(frozen=True)
 class Command:
-    """An operator's decision routed to the owning host: approve, deny or cancel."""
+    """An operator's decision routed to the owning host: approve, deny or cancel.
+
+    ``call_hash``, when given, must be the hash of the call waiting (``fleetlog
+    reviews`` shows it): a decision never applies to a call other than the one seen.
+    """
 
     kind: str  # "approve" | "deny" | "cancel"
     call_id: str = ""
     note: str = ""
     reviewer: str = ""
     end_session: bool = False
+    call_hash: str = ""
 
 
 @dataclass
@@ -124,9 +154,15 @@ class SessionRunner:
     state: AgentState = field(init=False)
     durable: AgentState = field(init=False)  # the state as of the last flushed event
     pending: list[Event] = field(default_factory=list)
-    inbox: list[Command] = field(default_factory=list)
+    #: Set by a cancel: the effect in flight is stopped (or waited for) and recorded.
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tools_estimate: int = -1
     _workspace: Path | None = None
+    _holding: bool = False  # the ledger may hold a reservation for this session
+    _release_after_flush: bool = False
+    # One append at a time, whoever makes it (the loop, or an operator's command).
+    _appending: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _claiming: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     # --- load and append -----------------------------------------------------------------
 
@@ -135,6 +171,10 @@ class SessionRunner:
         self.durable = self.state
         self.pending = []
         return self.state
+
+    @property
+    def loaded(self) -> bool:
+        return hasattr(self, "state")
 
     async def claim(self) -> AgentState:
         """Load the stream and take ownership with an epoch newer than any before."""
@@ -146,20 +186,34 @@ class SessionRunner:
             [SessionClaimed(owner=self.deps.owner, node=self.deps.node, epoch=self.epoch)]
         )
         self.workspace.mkdir(parents=True, exist_ok=True)
+        if self.deps.budget is not None and state.session.seq > 1:
+            # A host before this one may have died holding a reservation for it.
+            self._holding = True
+            await self._release_budget()
         return self.state
+
+    async def ensure_claimed(self) -> AgentState:
+        """Claim once (the loop and an operator's command may both get here first)."""
+        async with self._claiming:
+            if self.epoch == 0 or not self.loaded:
+                return await self.claim()
+            return self.state
 
     def stage(self, events: Sequence[Event]) -> None:
         """Record pure decisions and effect outcomes; they reach the log with the next flush.
 
         Only what must be durable *before* an effect forces a flush (the
         request before a model call, the start before a tool call, anything
-        before waiting or ending), so a step costs two appends, not five. What
-        is staged and lost in a crash is recomputed, or the effect it records
-        is bracketed by a durable "before" event and handled as in doubt.
+        before waiting or ending), so a step costs two appends, not five. The
+        runner never awaits anything but that flush while events are staged
+        (no effect starts, no ledger is asked), so a crash loses at most what
+        the flush was writing. Text is redacted here, before the state sees it,
+        so the state is exactly what a replay of the log gives.
         """
         state = self.state
         seq = state.session.seq
         now = self.deps.clock()
+        events = [redact_event(e) for e in events]
         for i, event in enumerate(events):
             state = evolve_agent(
                 state, Envelope(0, self.session_id, seq + 1 + i, self.epoch, now, "", event)
@@ -168,8 +222,18 @@ class SessionRunner:
         self.pending.extend(events)
 
     async def flush(self) -> AgentState:
+        async with self._appending:
+            await self._flush_locked()
+        if self._release_after_flush:
+            # The reply is durable: only now may the ledger count it (point of no return).
+            self._release_after_flush = False
+            crash_point("after_model_recorded")
+            await self._release_budget()
+        return self.state
+
+    async def _flush_locked(self) -> None:
         if not self.pending:
-            return self.state
+            return
         events, self.pending = self.pending, []
         try:
             await self.deps.log.append(
@@ -177,15 +241,30 @@ class SessionRunner:
             )
         except BaseException:
             self.state = self.durable  # the caller reloads; nothing staged survives a failed append
+            self._release_after_flush = False
             raise
         # The staged fold already holds these events. It differs from a replay
         # only in timestamps (staging time vs the log's), which no decision reads.
         self.durable = self.state
-        return self.state
 
     async def commit(self, events: Sequence[Event]) -> AgentState:
         self.stage(events)
         return await self.flush()
+
+    async def record_command(self, command: Command) -> list[Event]:
+        """Make an operator's decision durable, in this session's order of appends.
+
+        Returns the events recorded (none if the same decision was already made);
+        a FleetlogError says in one line why the command cannot apply.
+        """
+        async with self._appending:
+            events = command_events(self.state.session, command)
+            if events:
+                self.stage(events)
+                await self._flush_locked()
+        if command.kind == "cancel":
+            self.stop.set()  # stop the effect in flight, which is then recorded
+        return events
 
     @property
     def workspace(self) -> Path:
@@ -214,11 +293,14 @@ class SessionRunner:
     async def run(self) -> AgentState:
         """Step until the session is terminal or waits for a human."""
         while True:
-            await self._apply_commands()
+            if self.state.session.cancel_requested:
+                self.stop.set()
             decision = decide(self.state, self.deps.clock(), self.loop_config)
             match decision:
                 case Finish() | Wait():
-                    return await self.flush()
+                    await self.flush()
+                    await self._release_budget()  # a session that ends holds nothing
+                    return self.state
                 case Emit():
                     await self.commit(decision.events)
                 case CallModel():
@@ -226,72 +308,84 @@ class SessionRunner:
                 case VetCall():
                     self.stage(self._vet(decision.call_id))
                 case RunTool():
-                    await self._bounded(self._run_tool(decision), "tool call", decision.call_id)
+                    await self._run_tool(decision)
 
-    async def _apply_commands(self) -> None:
-        if self.inbox:
-            await self.flush()
-        while self.inbox:
-            command = self.inbox.pop(0)
-            try:
-                events = command_events(self.state.session, command)
-            except FleetlogError:
-                continue  # already decided, ended, or never asked: commands are idempotent
-            await self.commit(events)
-
-    async def _bounded(self, effect: Any, what: str, call_id: str = "") -> None:
-        """Run an effect under the step timeout, and under what is left of the total time."""
+    def _time_left(self) -> tuple[float, float]:
+        """(step timeout, what is left of the total time) for the next effect."""
         limits = self.state.session.limits
         started_at = self.state.started_at or self.deps.clock()
         left = limits.total_timeout_s - (self.deps.clock() - started_at)
-        step = limits.step_timeout_s
+        return limits.step_timeout_s, max(left, 0.0)
+
+    def _timeout_failure(self, what: str, step: float, left: float) -> list[Event]:
+        """The failure when an effect given ``min(step, left)`` seconds ran out of them."""
+        limits = self.state.session.limits
+        if left < step:
+            started_at = self.state.started_at or self.deps.clock()
+            spent = self.deps.clock() - started_at
+            return fail(
+                "TOTAL_TIMEOUT",
+                f"session ran {spent:.1f}s (limit {limits.total_timeout_s:g}s)",
+                limit=limits.total_timeout_s,
+                value=spent,
+            ).events
+        return fail(
+            "STEP_TIMEOUT", f"{what} took longer than {step:g}s", limit=step, value=step
+        ).events
+
+    async def _bounded(self, effect: Coroutine[Any, Any, None], what: str) -> None:
+        """Run a model call under the step timeout, and under what is left of the total time.
+
+        ``asyncio.timeout`` rather than ``wait_for``: no task is spawned, so nothing
+        suspends between the decision and the effect's first durable event.
+        """
+        step, left = self._time_left()
         try:
-            await asyncio.wait_for(effect, timeout=max(min(step, left), 0.0))
+            async with asyncio.timeout(min(step, left)):
+                await effect
         except TimeoutError:
             events: list[Event] = []
-            if call_id:
+            pending = self.state.session.pending_request
+            if pending:
                 events.append(
-                    ToolCallFailed(call_id=call_id, error=f"timed out after {min(step, left):g}s")
+                    ModelCallFailed(
+                        step=self.state.session.step,
+                        request_id=pending,
+                        error=f"timed out after {min(step, left):g}s",
+                        retryable=True,
+                    )
                 )
-            if left < step:
-                spent = self.deps.clock() - started_at
-                timeout = fail(
-                    "TOTAL_TIMEOUT",
-                    f"session ran {spent:.1f}s (limit {limits.total_timeout_s:g}s)",
-                    limit=limits.total_timeout_s,
-                    value=spent,
-                )
-            else:
-                timeout = fail(
-                    "STEP_TIMEOUT", f"{what} took longer than {step:g}s", limit=step, value=step
-                )
-            await self.commit(events + timeout.events)
+            await self.commit(events + self._timeout_failure(what, step, left))
 
     # --- effects ---------------------------------------------------------------------------
 
     async def _call_model(self, decision: CallModel) -> None:
         session = self.state.session
         pricing = self.deps.pricing_for(session.model)
+        client = self.deps.model_for(session.model)
         tools = [self.deps.tools[n].anthropic_tool() for n in session.tools if n in self.deps.tools]
         request = ModelRequest(
             model=session.model,
             system=session.system,
             messages=list(self.state.messages),
             tools=tools,
+            request_id=decision.request_id,
         )
         estimate = estimate_context_tokens(self.state) + self._tools_tokens(tools)
-        reserve_usd = (
-            estimate * pricing.input_usd_per_mtok
-            + RESERVE_OUTPUT_TOKENS * pricing.output_usd_per_mtok
-        ) / 1e6
-        reserve_tokens = estimate + RESERVE_OUTPUT_TOKENS
         budget = self.deps.budget
+        reserve_usd, reserve_tokens = 0.0, 0
         if budget is not None:
-            ok, detail = await budget.reserve(session.tenant, reserve_usd, reserve_tokens)
-            if not ok:
-                await self.commit(fail("BUDGET_EXHAUSTED", detail).events)
-                return
+            worst = client.max_usage(request)
+            reserve_usd = cost_usd(worst, pricing.input_usd_per_mtok, pricing.output_usd_per_mtok)
+            reserve_tokens = (
+                worst.input_tokens
+                + worst.cache_read_tokens
+                + worst.cache_write_tokens
+                + worst.output_tokens
+            )
         if not decision.again:
+            # Durable before the ledger is asked: a ledger rebuilt from the log then
+            # knows this reservation, whenever it restarts.
             await self.commit(
                 [
                     ModelCallRequested(
@@ -299,9 +393,127 @@ class SessionRunner:
                         request_id=decision.request_id,
                         model=session.model,
                         input_tokens_estimate=estimate,
+                        reserved_usd=reserve_usd,
+                        reserved_tokens=reserve_tokens,
+                        max_tokens=request.max_tokens,
                     )
                 ]
             )
+            crash_point("after_model_requested")
+        try:
+            if budget is not None:
+                self._holding = True
+                durable = self.durable.session
+                ok, detail = await budget.reserve(
+                    session.tenant,
+                    self.session_id,
+                    reserve_usd,
+                    reserve_tokens,
+                    durable.cost_usd,
+                    durable.token_count,
+                )
+                if not ok:
+                    self._holding = False  # a refused reserve holds nothing
+                    await self.commit(
+                        [
+                            ModelCallFailed(
+                                step=decision.step,
+                                request_id=decision.request_id,
+                                error=f"BUDGET_EXHAUSTED: {detail}",
+                            ),
+                            *fail("BUDGET_EXHAUSTED", detail).events,
+                        ]
+                    )
+                    return
+                crash_point("after_reserve")
+            answer = await self._complete(client, request, decision)
+        except BaseException as e:
+            # Cut off (step/total timeout, cancel, a log error) or failed: release what
+            # was reserved, or the tenant's budget shrinks for good.
+            await self._release_budget()
+            if not isinstance(e, ModelError):
+                raise
+            await self.commit(
+                [
+                    ModelCallFailed(
+                        step=decision.step,
+                        request_id=decision.request_id,
+                        error=str(e)[:500],
+                        status_code=e.status_code,
+                        retryable=e.retryable,
+                    ),
+                    SessionFailed(error=f"MODEL_ERROR: {str(e)[:300]}"),
+                ]
+            )
+            return
+        if answer is None:  # stopped by a cancel: the loop records the cancellation next
+            await self._release_budget()
+            await self.commit(
+                [
+                    ModelCallFailed(
+                        step=decision.step, request_id=decision.request_id, error="cancelled"
+                    )
+                ]
+            )
+            return
+        crash_point("after_model_reply")
+        reply, latency_ms = answer
+        usage = reply.usage
+        spent_usd = cost_usd(usage, pricing.input_usd_per_mtok, pricing.output_usd_per_mtok)
+        events: list[Event] = [
+            ModelResponded(
+                step=decision.step,
+                request_id=decision.request_id,
+                model=reply.model or session.model,
+                content=json.dumps(reply.content),
+                stop_reason=reply.stop_reason,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                cost_usd=spent_usd,
+                latency_ms=latency_ms,
+            )
+        ]
+        seen = set(self.state.session.tool_calls)
+        rejected: list[Event] = []
+        for n, block in enumerate(reply.content):
+            if block.get("type") != "tool_use":
+                continue
+            call_id = str(block.get("id", ""))
+            if call_id in seen:
+                # Never an overwrite of the earlier call's record: the model is told instead.
+                fresh = f"{call_id}_dup_{decision.step}_{n}"
+                rejected.append(
+                    ToolCallRejected(
+                        call_id=fresh,
+                        reason=f"invalid tool input: tool_use id {call_id} was already used; "
+                        "every call needs an id of its own",
+                    )
+                )
+                block["id"] = call_id = fresh
+            seen.add(call_id)
+            events.append(
+                ToolCallProposed(
+                    step=decision.step,
+                    call_id=call_id,
+                    tool=block["name"],
+                    input=json.dumps(block.get("input", {}), sort_keys=True),
+                )
+            )
+        if rejected:  # ids rewritten above: the recorded content must carry them
+            first = events[0]
+            assert isinstance(first, ModelResponded)
+            events[0] = msgspec.structs.replace(first, content=json.dumps(reply.content))
+        # Durable with the next flush, which is the next thing awaited: before the first
+        # tool runs, before waiting, before the next call. The ledger is told after it.
+        self.stage(events + rejected)
+        self._release_after_flush = budget is not None
+
+    async def _complete(
+        self, client: ModelClient, request: ModelRequest, decision: CallModel
+    ) -> tuple[ModelReply, float] | None:
+        """The model's reply and its latency (ms), or None if a cancel stopped the call first."""
 
         async def on_retry(attempt: int, status: int | None, error: str, delay_s: float) -> None:
             await self.commit(
@@ -318,83 +530,44 @@ class SessionRunner:
             )
 
         started = time.perf_counter()
+        call = asyncio.ensure_future(
+            client.complete(
+                request, timeout_s=self.state.session.limits.step_timeout_s, on_retry=on_retry
+            )
+        )
+        stopped = asyncio.ensure_future(self.stop.wait())
         try:
-            reply = await self.deps.model_for(session.model).complete(
-                request, timeout_s=session.limits.step_timeout_s, on_retry=on_retry
-            )
-        except BaseException as e:
-            # Cut off (step/total timeout, cancel) or failed: nothing was spent, so
-            # release the reservation; otherwise the tenant's budget shrinks for good.
-            if budget is not None:
-                await asyncio.shield(
-                    budget.settle(session.tenant, reserve_usd, reserve_tokens, 0.0, 0)
-                )
-            if not isinstance(e, ModelError):
-                raise
-            await self.commit(
-                [
-                    ModelCallFailed(
-                        step=decision.step,
-                        request_id=decision.request_id,
-                        error=str(e)[:500],
-                        status_code=e.status_code,
-                        retryable=e.retryable,
-                    ),
-                    SessionFailed(error=f"MODEL_ERROR: {str(e)[:300]}"),
-                ]
-            )
-            return
-        usage = reply.usage
-        spent_usd = cost_usd(usage, pricing.input_usd_per_mtok, pricing.output_usd_per_mtok)
-        spent_tokens = usage.input_tokens + usage.output_tokens
-        if budget is not None:
-            await budget.settle(
-                session.tenant, reserve_usd, reserve_tokens, spent_usd, spent_tokens
-            )
-        content = [self._redact_block(b) for b in reply.content]
-        events: list[Event] = [
-            ModelResponded(
-                step=decision.step,
-                request_id=decision.request_id,
-                model=reply.model or session.model,
-                content=json.dumps(content),
-                stop_reason=reply.stop_reason,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                cost_usd=spent_usd,
-                latency_ms=(time.perf_counter() - started) * 1000,
-            )
-        ]
-        for block in content:
-            if block.get("type") == "tool_use":
-                events.append(
-                    ToolCallProposed(
-                        step=decision.step,
-                        call_id=block["id"],
-                        tool=block["name"],
-                        input=json.dumps(block.get("input", {}), sort_keys=True),
-                    )
-                )
-        # Durable with the next flush: before the first tool runs, or before waiting.
-        self.stage(events)
+            await asyncio.wait({call, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            call.cancel()
+            raise
+        finally:
+            stopped.cancel()
+        if not call.done():
+            call.cancel()
+            with contextlib.suppress(BaseException):
+                await call
+            return None
+        return call.result(), (time.perf_counter() - started) * 1000
 
     def _tools_tokens(self, tools: list[dict[str, Any]]) -> int:
         if self._tools_estimate < 0:
             self._tools_estimate = len(json.dumps(tools)) // 4
         return self._tools_estimate
 
-    @staticmethod
-    def _redact_block(block: dict[str, Any]) -> dict[str, Any]:
-        if block.get("type") == "tool_use":
-            raw = json.dumps(block.get("input", {}))
-            clean = redact(raw)
-            if clean != raw:
-                return {**block, "input": json.loads(clean)}
-        elif block.get("type") == "text":
-            return {**block, "text": redact(block.get("text", ""))}
-        return block
+    async def _release_budget(self) -> None:
+        """Tell the ledger this session holds nothing now, with its durable spending."""
+        budget = self.deps.budget
+        if budget is None or not self._holding:
+            return
+        self._holding = False
+        s = self.durable.session
+        try:
+            await asyncio.shield(
+                budget.release(s.tenant, self.session_id, s.cost_usd, s.token_count)
+            )
+        except Exception as e:  # the ledger reconciles at the session's next reserve
+            log.warning("session %s: could not release its reservation (%s)", self.session_id, e)
 
     def _vet(self, call_id: str) -> list[Event]:
         session = self.state.session
@@ -420,13 +593,20 @@ class SessionRunner:
         if vetting.verdict == "deny":
             events.append(ToolCallRejected(call_id=call_id, reason=f"refused: {vetting.reason}"))
         elif vetting.verdict == "ask":
-            events.append(ReviewRequested(call_id=call_id, reason=vetting.reason))
+            events.append(
+                ReviewRequested(
+                    call_id=call_id,
+                    reason=vetting.reason,
+                    call_hash=call_hash(call.tool, call.input),
+                )
+            )
         return events
 
     async def _run_tool(self, decision: RunTool) -> None:
         call = self.state.session.tool_calls[decision.call_id]
         spec = self.deps.tools[call.tool]
         key = f"{self.session_id}:{decision.call_id}"
+        step, left = self._time_left()
         await self.commit(
             [
                 ToolCallStarted(
@@ -434,6 +614,7 @@ class SessionRunner:
                 )
             ]
         )
+        crash_point("after_tool_started")
         kwargs = validate_input(spec, json.loads(call.input) if isinstance(call.input, str) else {})
         context = ToolContext(
             session_id=self.session_id,
@@ -443,34 +624,90 @@ class SessionRunner:
             home=self.deps.home,
         )
         started = time.perf_counter()
+        # run_tool never abandons the call: on timeout or cancel it stops it, or waits
+        # for it, and says when its outcome is unknown.
         outcome = await run_tool(
-            spec, kwargs, context, timeout_s=self.state.session.limits.step_timeout_s
+            spec,
+            kwargs,
+            context,
+            timeout_s=max(min(step, left), 0.0),
+            grace_s=self.deps.effect_grace_s,
+            stop=self.stop,
         )
-        self.stage(
-            [
-                ToolCallCompleted(
+        if self.stop.is_set():
+            crash_point("in_cancel")
+        crash_point("after_tool_ran")
+        latency_ms = (time.perf_counter() - started) * 1000
+        events: list[Event]
+        cancelled = self.state.session.cancel_requested
+        if outcome.in_doubt and not spec.idempotent and not cancelled:
+            events = [
+                ReviewRequested(
                     call_id=decision.call_id,
-                    output=redact(outcome.output),
-                    is_error=outcome.is_error,
-                    latency_ms=(time.perf_counter() - started) * 1000,
+                    reason=f"in doubt: {call.tool} {outcome.output}; approve to run it again, "
+                    "deny to skip it",
+                    in_doubt=True,
+                    call_hash=call_hash(call.tool, call.input),
                 )
             ]
-        )
-        if not spec.idempotent:
-            # Record at once that it ran: a crash now must not leave it in doubt.
-            await self.flush()
+        elif outcome.in_doubt:  # nobody reviews a cancelled session's call: say so instead
+            events = [
+                ToolCallFailed(
+                    call_id=decision.call_id,
+                    error=f"in doubt: {outcome.output}",
+                    latency_ms=latency_ms,
+                )
+            ]
+        elif outcome.timed_out and outcome.is_error:  # stopped, or failed late
+            events = [
+                ToolCallFailed(
+                    call_id=decision.call_id, error=outcome.output, latency_ms=latency_ms
+                )
+            ]
+        else:
+            events = [
+                ToolCallCompleted(
+                    call_id=decision.call_id,
+                    output=outcome.output,
+                    is_error=outcome.is_error,
+                    latency_ms=latency_ms,
+                )
+            ]
+        if outcome.timed_out and not outcome.in_doubt and not cancelled:
+            events += self._timeout_failure("tool call", step, left)
+        if outcome.timed_out or not spec.idempotent:
+            # Record at once what happened: a crash now must not leave it in doubt.
+            await self.commit(events)
+        else:
+            self.stage(events)
 
 
 def command_events(state: SessionState, command: Command) -> list[Event]:
-    """The events an operator's command records; a one-line FleetlogError if it cannot apply."""
+    """The events an operator's command records; a one-line FleetlogError if it cannot apply.
+
+    Idempotent: a decision already recorded the same way records nothing, so a
+    command retried after a lost answer (its host died) succeeds again.
+    """
     sid = state.session_id
-    if state.terminal:
-        raise FleetlogError(f"session {sid} is already {state.status}")
     if command.kind == "cancel":
+        if state.cancel_requested or state.status == "cancelled":
+            return []
+        if state.terminal:
+            raise FleetlogError(f"session {sid} is already {state.status}")
         return [CancelRequested(by=command.reviewer, note=command.note)]
     call = state.tool_calls.get(command.call_id)
     if call is None:
         raise FleetlogError(f"session {sid} has no tool call {command.call_id}")
+    digest = call_hash(call.tool, call.input)
+    if command.call_hash and command.call_hash != digest:
+        raise FleetlogError(
+            f"tool call {command.call_id} is {call.tool} with hash {digest}, "
+            f"not {command.call_hash}: the call is not the one you saw; look again"
+        )
+    if call.decision == command.kind:
+        return []
+    if state.terminal:
+        raise FleetlogError(f"session {sid} is already {state.status}")
     if call.status != "awaiting_review":
         raise FleetlogError(f"tool call {command.call_id} is {call.status}, not awaiting review")
     approved = command.kind == "approve"
@@ -482,6 +719,7 @@ def command_events(state: SessionState, command: Command) -> list[Event]:
             reviewer=command.reviewer,
             note=command.note,
             end_session=ends,
+            call_hash=digest,
         )
     ]
     if ends:

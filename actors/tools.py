@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import contextvars
 import email.policy
 import email.utils
 import fnmatch
@@ -43,9 +44,11 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from fleetlog.events.errors import ToolError, ToolInputError, ToolRefused
+from fleetlog.events.faults import crash_point
 
 __all__ = [
     "BUILTIN_TOOLS",
+    "DEFAULT_GRACE_S",
     "MAX_OUTPUT_CHARS",
     "Risk",
     "ToolContext",
@@ -91,10 +94,16 @@ class ToolContext:
 
 
 class ToolOutcome(msgspec.Struct, frozen=True):
-    """What the model receives as the ``tool_result``."""
+    """What the model receives as the ``tool_result``.
+
+    ``timed_out``: the call ran out of time or was stopped; ``in_doubt``: it was
+    still running when given up on, so whether it took effect is unknown.
+    """
 
     output: str
     is_error: bool = False
+    timed_out: bool = False
+    in_doubt: bool = False
 
 
 @dataclass(frozen=True)
@@ -317,42 +326,92 @@ def validate_input(spec: ToolSpec, raw: Any) -> dict[str, Any]:
 
 _INLINE = frozenset({"read_file", "list_dir"})  # write_file fsyncs: it gets a thread
 
+#: After a timeout or a stop, how long a tool that cannot be interrupted (a sync tool in
+#: its thread) is waited for before its call is declared in doubt.
+DEFAULT_GRACE_S = 5.0
+
 
 async def run_tool(
-    spec: ToolSpec, kwargs: dict[str, Any], ctx: ToolContext, *, timeout_s: float
+    spec: ToolSpec,
+    kwargs: dict[str, Any],
+    ctx: ToolContext,
+    *,
+    timeout_s: float,
+    grace_s: float = DEFAULT_GRACE_S,
+    stop: asyncio.Event | None = None,
 ) -> ToolOutcome:
     """Run one validated call; every failure becomes an ``is_error`` outcome, never a raise.
 
-    A sync tool runs in a worker thread. On timeout an async tool is cancelled
-    (``run_shell`` kills its process group then); a thread cannot be killed, so a
-    sync tool that ignores time keeps running in the background, which is why
-    the built-in sync tools bound their own work (file sizes, HTTP timeout).
+    The call is never abandoned: on timeout, or when ``stop`` is set (the session
+    is being cancelled), an async tool is cancelled and awaited (``run_shell``
+    kills its whole process group then); a sync tool runs in a worker thread,
+    which cannot be killed, so it is waited for up to ``grace_s`` more and its
+    real outcome returned. Only if it is still running then is the outcome
+    unknown: ``in_doubt``, and the caller must not treat the call as not done.
     """
-    deadline = asyncio.timeout(timeout_s)
+    if not inspect.iscoroutinefunction(spec.fn) and (
+        spec.name in _INLINE and BUILTIN_TOOLS.get(spec.name) is spec
+    ):
+        # Bounded local reads (1 MiB cap): a thread hop would cost more than the call.
+        try:
+            return _outcome(spec.fn(ctx, **kwargs))
+        except (Exception, SystemExit) as err:
+            return _failure(err)
+    work: asyncio.Future[Any]
+    if inspect.iscoroutinefunction(spec.fn):
+        work = asyncio.ensure_future(spec.fn(ctx, **kwargs))
+    else:
+        # A plain future, never cancelled below: it completes when the thread does (a
+        # task would re-raise a SystemExit from the tool out of the event loop).
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, spec.fn, ctx, **kwargs)
+        work = loop.run_in_executor(None, call)
+    waits: set[asyncio.Future[Any]] = {work}
+    stopper: asyncio.Task[bool] | None = None
+    if stop is not None:
+        stopper = asyncio.ensure_future(stop.wait())
+        waits.add(stopper)
     try:
-        async with deadline:
-            if inspect.iscoroutinefunction(spec.fn):
-                result = await spec.fn(ctx, **kwargs)
-            elif spec.name in _INLINE and BUILTIN_TOOLS.get(spec.name) is spec:
-                # Bounded local reads (1 MiB cap): a thread hop would cost
-                # more than the call itself.
-                result = spec.fn(ctx, **kwargs)
-            else:
-                result = await asyncio.to_thread(spec.fn, ctx, **kwargs)
-    except TimeoutError as err:
-        if deadline.expired():
-            return ToolOutcome(output=f"timed out after {timeout_s:g}s", is_error=True)
-        return ToolOutcome(output=_one_line(type(err).__name__, err), is_error=True)
-    except ToolError as err:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if stopper is not None:
+            stopper.cancel()
+    if work.done():
+        return _settled(work)
+    why = f"timed out after {timeout_s:g}s" if stop is None or not stop.is_set() else "cancelled"
+    if inspect.iscoroutinefunction(spec.fn):
+        work.cancel()
+        await asyncio.wait({work}, timeout=grace_s)
+        return ToolOutcome(output=f"{why}; the call was stopped", is_error=True, timed_out=True)
+    await asyncio.wait({work}, timeout=grace_s)
+    if work.done():  # late, but it ran: its real outcome is what happened
+        return msgspec.structs.replace(_settled(work), timed_out=True)
+    return ToolOutcome(
+        output=f"{why}; still running {grace_s:g}s later: whether it took effect is unknown",
+        is_error=True,
+        timed_out=True,
+        in_doubt=True,
+    )
+
+
+def _settled(work: asyncio.Future[Any]) -> ToolOutcome:
+    """The outcome of a finished call, read without raising its error again."""
+    if work.cancelled():
+        return ToolOutcome(output="cancelled", is_error=True)
+    err = work.exception()
+    return _outcome(work.result()) if err is None else _failure(err)
+
+
+def _failure(err: BaseException) -> ToolOutcome:
+    if isinstance(err, ToolError):
         return ToolOutcome(output=_truncate(" ".join(str(err).split())), is_error=True)
-    except (Exception, SystemExit) as err:  # a tool must never take its host down
-        return ToolOutcome(output=_one_line(type(err).__name__, err), is_error=True)
-    return _outcome(result)
+    # Anything else, SystemExit included: a tool must never take its host down.
+    return ToolOutcome(output=_one_line(type(err).__name__, err), is_error=True)
 
 
 def _outcome(result: Any) -> ToolOutcome:
     if isinstance(result, ToolOutcome):
-        return ToolOutcome(output=_truncate(result.output), is_error=result.is_error)
+        return msgspec.structs.replace(result, output=_truncate(result.output))
     if result is None:
         text = ""
     elif isinstance(result, str):
@@ -747,6 +806,7 @@ def send_email(ctx: ToolContext, to: str, subject: str, body: str) -> str:
             f.write(msg.as_bytes())
             f.flush()
             os.fsync(f.fileno())
+        crash_point("in_outbox_write")
         try:
             os.link(tmp, final)
         except FileExistsError:
@@ -755,6 +815,7 @@ def send_email(ctx: ToolContext, to: str, subject: str, body: str) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     _fsync_dir(outbox)
+    crash_point("after_outbox_write")
     return f"delivered to {', '.join(addresses)} ({name})"
 
 

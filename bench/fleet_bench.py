@@ -152,6 +152,11 @@ class BenchModel:
             model="bench",
         )
 
+    def max_usage(self, request: Any) -> Any:
+        from fleetlog.actors.model import worst_case_usage
+
+        return worst_case_usage(request)
+
     async def aclose(self) -> None:
         return None
 

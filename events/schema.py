@@ -153,10 +153,16 @@ class SnapshotTaken(EventBase, frozen=True, kw_only=True):
 
 
 class ModelCallRequested(EventBase, frozen=True, kw_only=True):
+    """Written before the call. ``reserved_*`` hold the call's worst case against the
+    tenant's budget until its answer (or the session's end) is in the log."""
+
     step: int
     request_id: str
     model: str
     input_tokens_estimate: int = 0
+    reserved_usd: float = 0.0
+    reserved_tokens: int = 0
+    max_tokens: int = 0
 
 
 class ModelCallRetried(EventBase, frozen=True, kw_only=True):
@@ -234,14 +240,18 @@ class ReviewRequested(EventBase, frozen=True, kw_only=True):
     call_id: str
     reason: str
     in_doubt: bool = False
+    call_hash: str = ""  # of (tool, input): what a decision must name
 
 
 class ReviewDecided(EventBase, frozen=True, kw_only=True):
+    """A human's decision, bound to the exact call: its id and ``call_hash`` of (tool, input)."""
+
     call_id: str
     approved: bool
     reviewer: str = ""
     note: str = ""
     end_session: bool = False
+    call_hash: str = ""
 
 
 class ToolCallStarted(EventBase, frozen=True, kw_only=True):

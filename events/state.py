@@ -8,6 +8,7 @@ input; it returns a new state.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Literal
 
@@ -41,7 +42,15 @@ from .schema import (
     UnknownEvent,
 )
 
-__all__ = ["SessionStatus", "TERMINAL", "ToolCallState", "SessionState", "evolve", "fold"]
+__all__ = [
+    "SessionStatus",
+    "TERMINAL",
+    "ToolCallState",
+    "SessionState",
+    "call_hash",
+    "evolve",
+    "fold",
+]
 
 SessionStatus = Literal["pending", "running", "completed", "failed", "cancelled", "awaiting_review"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -63,6 +72,7 @@ class ToolCallState(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
     output: Payload = ""
     error: str = ""
+    decision: str = ""  # "approve" / "deny" once a reviewer decided (commands are idempotent)
 
 
 class SessionState(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +138,17 @@ class SessionState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _replace = msgspec.structs.replace
+
+
+def call_hash(tool: str, tool_input: Payload) -> str:
+    """What an approval is bound to besides the call id: the tool and its exact input."""
+    # Over the input's SHA-256, which is also a blob's name: the same hash whether the
+    # input was read resolved or as a reference to the blob store.
+    if isinstance(tool_input, str):
+        digest = hashlib.sha256(tool_input.encode()).hexdigest()
+    else:
+        digest = tool_input.sha256
+    return hashlib.sha256(f"{tool}\x00{digest}".encode()).hexdigest()[:16]
 
 
 def _with_call(state: SessionState, call: ToolCallState, **changes: object) -> dict[str, object]:
@@ -213,16 +234,25 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
         case ReviewRequested():
             call = state.tool_calls[event.call_id]
             changes = _with_call(
-                state, call, status="awaiting_review", reason=event.reason, in_doubt=event.in_doubt
+                state,
+                call,
+                status="awaiting_review",
+                reason=event.reason,
+                in_doubt=event.in_doubt,
+                decision="",  # a new question (in doubt after a crash) wants a new answer
             )
             if state.status not in TERMINAL:
                 changes["status"] = "awaiting_review"
         case ReviewDecided():
             call = state.tool_calls[event.call_id]
             if event.approved:
-                changes = _with_call(state, call, status="pending", in_doubt=False)
+                changes = _with_call(
+                    state, call, status="pending", in_doubt=False, decision="approve"
+                )
             else:
-                changes = _with_call(state, call, status="denied", error=event.note or "denied")
+                changes = _with_call(
+                    state, call, status="denied", error=event.note or "denied", decision="deny"
+                )
             calls = changes["tool_calls"]
             assert isinstance(calls, dict)
             changes["status"] = _status_after_review(state, calls)

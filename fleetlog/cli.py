@@ -36,7 +36,7 @@ from fleetlog.events.partitions import open_readers, partition_dirs
 from fleetlog.events.schema import (
     ReviewRequested,
 )
-from fleetlog.events.state import SessionState, fold
+from fleetlog.events.state import SessionState, call_hash, fold
 from fleetlog.events.verify import verify_log
 
 __all__ = ["main"]
@@ -515,6 +515,7 @@ def _reviews(home: Path) -> list[dict[str, Any]]:
                             "risk": call.risk,
                             "reason": call.reason,
                             "in_doubt": call.in_doubt,
+                            "call_hash": call_hash(call.tool, call.input),
                             "requested_at": asked.get(call.call_id, 0.0),
                         }
                     )
@@ -531,7 +532,7 @@ def cmd_reviews(args: argparse.Namespace) -> int:
     elif not rows:
         _out("no tool calls await review")
     else:
-        _table(rows, ["session_id", "call_id", "tool", "risk", "reason", "input"])
+        _table(rows, ["session_id", "call_id", "call_hash", "tool", "risk", "reason", "input"])
     return 0
 
 
@@ -549,12 +550,16 @@ def _decide(args: argparse.Namespace, kind: str) -> int:
         note=getattr(args, "note", "") or "",
         reviewer=reviewer,
         end_session=bool(getattr(args, "end", False)),
+        call_hash=getattr(args, "hash", "") or "",
     )
+    # Either way the decision is durable in the log before this returns (SPEC §4).
     if (home / "fleet.json").exists() and _route_to_fleet(home, args, command):
-        _out(f"{kind}: sent to the running fleet")
+        _out(f"{kind}: recorded; the running fleet goes on with the session")
         return 0
-    _append_offline(home, args.session, command)
-    _out(f"{kind}: recorded; the session picks it up when it runs")
+    if _append_offline(home, args.session, command):
+        _out(f"{kind}: recorded; the session picks it up when it runs")
+    else:
+        _out(f"{kind}: already recorded; nothing to do")
     return 0
 
 
@@ -574,8 +579,10 @@ def _route_to_fleet(home: Path, args: argparse.Namespace, command: Any) -> bool:
         return False  # no fleet answering: the log is the way
 
 
-def _append_offline(home: Path, session_id: str, command: Any) -> None:
+def _append_offline(home: Path, session_id: str, command: Any) -> bool:
+    """Append the decision to the session's partition; False if it was already made."""
     from fleetlog.actors.runner import command_events
+    from fleetlog.actors.safety import redact_event
 
     for path in partition_dirs(home / "log"):
         try:
@@ -590,8 +597,12 @@ def _append_offline(home: Path, session_id: str, command: Any) -> None:
                 continue
             state = fold(session_id, log.read_stream(session_id, resolve_blobs=False))
             events = command_events(state, command)
-            log.append(session_id, events, last)  # not an owner: never fenced, seq-checked
-            return
+            if events:
+                # We hold the partition's lock, so no owner is writing: append at the
+                # session's current epoch (a newer owner's claim still fences this off).
+                events = [redact_event(e) for e in events]
+                log.append(session_id, events, last, log.current_epoch(session_id))
+            return bool(events)
         finally:
             log.close()
     raise SessionNotFound(session_id)
@@ -890,6 +901,9 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("session")
     approve.add_argument("call_id")
     approve.add_argument("--note", default="")
+    approve.add_argument(
+        "--hash", default="", help="the call's hash as `reviews` shows it: refuse any other call"
+    )
 
     deny = add(
         "deny", cmd_deny, "deny a tool call; the model is told (or the session ends with --end)"
@@ -897,6 +911,9 @@ def _parser() -> argparse.ArgumentParser:
     deny.add_argument("session")
     deny.add_argument("call_id")
     deny.add_argument("--note", default="")
+    deny.add_argument(
+        "--hash", default="", help="the call's hash as `reviews` shows it: refuse any other call"
+    )
     deny.add_argument(
         "--end", action="store_true", help="also end the session (DENIED_BY_REVIEWER)"
     )

@@ -37,6 +37,9 @@ class SessionsView(msgspec.Struct, frozen=True):
     checkpoints: dict[int, int]
     sessions: list[tuple[str, int, str, str, float, int]]  # id, partition, status, tenant,
     # cost_usd, token_count
+    #: Budget reservations in flight at the checkpoints: (session id, usd, tokens) of every
+    #: session that has not ended and whose last model call is unanswered.
+    reservations: list[tuple[str, float, int]] = []
 
 
 def sessions_view(projector: Projector) -> SessionsView:
@@ -48,8 +51,16 @@ def sessions_view(projector: Projector) -> SessionsView:
             'SELECT id, "partition", status, tenant, cost_usd::DOUBLE, token_count '
             "FROM agent_executions"
         ).fetchall()
+        held = cur.execute(
+            "SELECT e.session_id, coalesce((e.data->>'reserved_usd')::DOUBLE, 0), "
+            "       coalesce((e.data->>'reserved_tokens')::BIGINT, 0) "
+            "FROM agent_executions x JOIN events e ON e.session_id = x.id "
+            "WHERE x.status NOT IN ('completed', 'failed', 'cancelled') "
+            "  AND x.pending_request <> '' AND e.type = 'ModelCallRequested' "
+            "  AND e.data->>'request_id' = x.pending_request"
+        ).fetchall()
         cur.execute("ROLLBACK")
-    return SessionsView(checkpoints, [tuple(r) for r in rows])
+    return SessionsView(checkpoints, [tuple(r) for r in rows], [tuple(r) for r in held])
 
 
 def answer(projector: Projector, method: str, *args: Any) -> dict[str, Any]:

@@ -383,6 +383,7 @@ class FakeAnthropic:
         self._delays: deque[float] = deque()
         self._requests: list[dict[str, Any]] = []
         self._headers: list[dict[str, str]] = []
+        self._billed: list[tuple[str, dict[str, int]]] = []
         self._serial = 0
         self._closing = threading.Event()
         self._server: _Server | None = None
@@ -478,6 +479,14 @@ class FakeAnthropic:
             return list(self._requests)
 
     @property
+    def billed(self) -> list[tuple[str, dict[str, int]]]:
+        """Every reply answered (status 200), in order: the ``X-Fleetlog-Request`` header it
+        answered (fleetlog's request id: the same on every attempt of one call) and the
+        usage it billed."""
+        with self._lock:
+            return list(self._billed)
+
+    @property
     def headers(self) -> list[dict[str, str]]:
         """The headers of every request, lower-cased names, parallel to :attr:`requests`."""
         with self._lock:
@@ -515,7 +524,10 @@ class FakeAnthropic:
         if delay > 0 and self._closing.wait(delay):
             handler.close_connection = True
             return
-        self._send(handler, answer, serial)
+        if self._send(handler, answer, serial) and not isinstance(answer, ErrorReply):
+            # Billed: a reply the server answered, whatever the client did with it next.
+            with self._lock:
+                self._billed.append((headers.get("x-fleetlog-request", ""), answer["usage"]))
 
     def _pick(self, handler: _Handler, headers: dict[str, str], body: Any) -> Reply | None:
         """The answer due now, or ``None`` when the responder (or the default) should answer."""
@@ -533,7 +545,7 @@ class FakeAnthropic:
             return self._script.popleft()
         return None
 
-    def _send(self, handler: _Handler, answer: Reply, serial: int) -> None:
+    def _send(self, handler: _Handler, answer: Reply, serial: int) -> bool:
         request_id = _short_id("req_", f"r{serial}")
         extra: dict[str, str] = {"request-id": request_id}
         if isinstance(answer, ErrorReply):
@@ -557,6 +569,8 @@ class FakeAnthropic:
             handler.wfile.flush()
         except OSError:
             handler.close_connection = True
+            return False
+        return True
 
 
 def _has_api_key(headers: dict[str, str]) -> bool:

@@ -78,9 +78,13 @@ def test_demo_run_then_operator_commands(tmp_path: Path) -> None:
         "approve", first["session_id"], first["call_id"], "--home", str(home), "--note", "ok"
     )
     assert proc.returncode == 0, proc.stderr
+    # The same decision again is a no-op (a retried command must not fail)...
     again = fleetlog("approve", first["session_id"], first["call_id"], "--home", str(home))
-    assert again.returncode == 1 and "not awaiting review" in again.stderr
-    assert again.stderr.count("\n") == 1
+    assert again.returncode == 0 and "already recorded" in again.stdout, again.stderr
+    # ...another one is refused in one line, as is a decision naming another call's hash.
+    other = fleetlog("deny", first["session_id"], first["call_id"], "--home", str(home))
+    assert other.returncode == 1 and "not awaiting review" in other.stderr
+    assert other.stderr.count("\n") == 1
     # Re-running resumes: the approved email goes out, nothing is started twice.
     proc = fleetlog("run", "--demo", "30", "--home", str(home), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -169,6 +173,18 @@ def test_run_needs_tasks(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def _kinds(home: Path, sid: str) -> list[str]:
+    """The session's events, read from the log files (what is durable), not from the fleet."""
+    for reader in open_readers(home / "log"):
+        try:
+            stream = reader.read_stream(sid, resolve_blobs=False)
+        finally:
+            reader.close()
+        if stream:
+            return [type(e.event).__name__ for e in stream]
+    return []
+
+
 def test_up_submit_approve_down(tmp_path: Path) -> None:
     """A long-running fleet, with Ray's token auth on (a fresh token per fleet home)."""
     home = tmp_path / "home"
@@ -195,7 +211,36 @@ def test_up_submit_approve_down(tmp_path: Path) -> None:
         assert sid.stdout.strip() == "s-e1" and "awaiting_review" in sid.stderr
         review = json.loads(fleetlog("reviews", "--home", str(home), "--json", env=env).stdout)[0]
         approved = fleetlog("approve", "s-e1", review["call_id"], "--home", str(home), env=env)
-        assert approved.returncode == 0 and "sent to the running fleet" in approved.stdout
+        assert approved.returncode == 0, approved.stderr
+        assert "recorded; the running fleet goes on" in approved.stdout
+        # Acknowledged means durable: the decision is in the log when the command returns.
+        assert "ReviewDecided" in _kinds(home, "s-e1")
+        # Deny (ending the session) and cancel, online too.
+        for task_id in ("e2", "e3"):
+            fleetlog(
+                "submit",
+                "Email the notes to ops@example.com",
+                "--id",
+                task_id,
+                "--home",
+                str(home),
+                "--wait",
+                env=env,
+            )
+        calls = {
+            r["session_id"]: r["call_id"]
+            for r in json.loads(fleetlog("reviews", "--home", str(home), "--json", env=env).stdout)
+        }
+        denied = fleetlog(
+            "deny", "s-e2", calls["s-e2"], "--end", "--note", "no", "--home", str(home), env=env
+        )
+        assert denied.returncode == 0, denied.stderr
+        assert _kinds(home, "s-e2")[-2:] == ["ReviewDecided", "SessionFailed"]
+        cancelled = fleetlog("cancel", "s-e3", "--home", str(home), env=env)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "CancelRequested" in _kinds(home, "s-e3")
+        refused = fleetlog("approve", "s-e2", calls["s-e2"], "--home", str(home), env=env)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
         deadline = time.monotonic() + 60
         while not list((home / "outbox").glob("*.eml")):
             assert time.monotonic() < deadline, "the approved email never went out"

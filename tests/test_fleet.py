@@ -16,6 +16,7 @@ from fleetlog.actors.runner import Command
 from fleetlog.config import Config, parse_config, parse_task, session_id_for
 from fleetlog.events.partitions import open_readers
 from fleetlog.events.schema import ModelResponded, SessionClaimed
+from fleetlog.events.state import fold
 from fleetlog.events.tail import LogTail
 from fleetlog.events.verify import verify_log
 
@@ -41,6 +42,11 @@ def _streams(home: Path) -> dict[str, list]:
         finally:
             reader.close()
     return out
+
+
+def _all_ended(home: Path, ids: set[str]) -> bool:
+    states = {sid: fold(sid, stream) for sid, stream in _streams(home).items()}
+    return all(sid in states and states[sid].terminal for sid in ids)
 
 
 def _no_repeated_model_calls(home: Path) -> None:
@@ -93,6 +99,9 @@ def test_killed_host_restarts_and_every_session_completes(tmp_path: Path) -> Non
             assert time.monotonic() < deadline
             time.sleep(0.05)
         ray.kill(fleet.hosts[0], no_restart=False)  # Ray restarts it; it must resume
+        # On its own: nothing calls the host (no status polling) until the log shows every
+        # session ended, so a host that resumed only when called would fail here.
+        wait_until(lambda: _all_ended(home, ids), timeout=120, interval=0.1)
         rows = fleet.wait_settled(ids, timeout=120)
         assert Counter(r["status"] for r in rows) == {"completed": 16}
     finally:

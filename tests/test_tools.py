@@ -453,7 +453,9 @@ def test_step_timeout_cancels_run_shell_and_kills_it(ctx: ToolContext) -> None:
     spec = BUILTIN_TOOLS["run_shell"]
     kwargs = validate_input(spec, {"command": "sleep 30 & echo $! > pid; wait", "timeout_s": 60})
     out = asyncio.run(run_tool(spec, kwargs, ctx, timeout_s=0.5))
-    assert out == ToolOutcome(output="timed out after 0.5s", is_error=True)
+    assert out == ToolOutcome(
+        output="timed out after 0.5s; the call was stopped", is_error=True, timed_out=True
+    )
     assert _wait_gone(int((ctx.workspace / "pid").read_text()))
 
 
@@ -624,15 +626,26 @@ def test_run_tool_turns_failures_into_one_line_outcomes(ctx: ToolContext) -> Non
 
     spec = spec_of(boom)
 
-    def run(kind: str, timeout_s: float = 5) -> ToolOutcome:
-        return asyncio.run(run_tool(spec, {"kind": kind}, ctx, timeout_s=timeout_s))
+    def run(kind: str, timeout_s: float = 5, grace_s: float = 5) -> ToolOutcome:
+        return asyncio.run(
+            run_tool(spec, {"kind": kind}, ctx, timeout_s=timeout_s, grace_s=grace_s)
+        )
 
     assert run("value") == ToolOutcome(output="ValueError: bad value", is_error=True)
     assert run("tool") == ToolOutcome(output="boom refused: not today", is_error=True)
     assert run("exit") == ToolOutcome(output="SystemExit: 3", is_error=True)
     assert run("json") == ToolOutcome(output='{"n":1,"items":["a"]}')
+    # A sync tool cannot be stopped: it is waited for, and what it did is the outcome...
     assert run("sleep", timeout_s=0.05) == ToolOutcome(
-        output="timed out after 0.05s", is_error=True
+        output='{"n":1,"items":["a"]}', timed_out=True
+    )
+    # ...unless it outlives the grace too: then nobody knows whether it took effect.
+    assert run("sleep", timeout_s=0.05, grace_s=0.05) == ToolOutcome(
+        output="timed out after 0.05s; still running 0.05s later: whether it took effect "
+        "is unknown",
+        is_error=True,
+        timed_out=True,
+        in_doubt=True,
     )
     long = run("long")
     assert not long.is_error

@@ -269,13 +269,39 @@ def _compaction(state: AgentState, config: LoopConfig) -> ContextCompacted | Non
     )
 
 
+def _close_open_calls(state: AgentState) -> list[Event]:
+    """Before a cancelled session ends, every call of its step gets an outcome on record.
+
+    A call left running by a crash may or may not have taken effect: it is recorded
+    as failed *in doubt*, never left ``running``; one never started will not run.
+    """
+    events: list[Event] = []
+    for call_id in state.step_calls:
+        if call_id in state.results:
+            continue
+        call = state.session.tool_calls[call_id]
+        if call.status == "running" or call.in_doubt:
+            events.append(
+                ToolCallFailed(
+                    call_id=call_id,
+                    error=f"in doubt: {call.tool} was started but not confirmed before a "
+                    "restart, and the session was cancelled",
+                )
+            )
+        elif call.status in ("pending", "awaiting_review"):
+            events.append(
+                ToolCallRejected(call_id=call_id, reason="not run: the session was cancelled")
+            )
+    return events
+
+
 def decide(state: AgentState, now: float, config: LoopConfig) -> Decision:
     s = state.session
     limits = s.limits
     if s.terminal:
         return Finish()
     if s.cancel_requested:
-        return Emit([SessionCancelled(note="cancel requested")])
+        return Emit([*_close_open_calls(state), SessionCancelled(note="cancel requested")])
     if state.started_at and now - state.started_at > limits.total_timeout_s:
         return fail(
             "TOTAL_TIMEOUT",

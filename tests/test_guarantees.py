@@ -577,3 +577,35 @@ def test_a_poisoned_partition_is_reopened_and_its_sessions_go_on(
     envs = read_stream(tmp_path, "s-sick")
     assert [e.seq for e in envs] == list(range(1, len(envs) + 1))
     assert kinds(envs).count("SessionClaimed") == 2  # re-claimed after the reopen
+
+
+def test_a_cancel_after_a_crash_records_the_call_left_running_as_in_doubt() -> None:
+    from fleetlog.actors.loop import Emit, LoopConfig, decide, fold_agent
+    from fleetlog.events.schema import (
+        SessionCancelled,
+        SessionClaimed,
+        ToolCallFailed,
+        ToolCallStarted,
+        ToolCallVetted,
+    )
+
+    content = json.dumps([{"type": "tool_use", "id": "t1", "name": "run_shell", "input": {}}])
+    events = [
+        SessionCreated(task_id="t", prompt="p", tools=["run_shell"]),
+        SessionClaimed(owner="h", epoch=1),
+        ModelCallRequested(step=1, request_id="s:step-1", model="m"),
+        ModelResponded(
+            step=1, request_id="s:step-1", model="m", content=content, stop_reason="tool_use"
+        ),
+        ToolCallProposed(step=1, call_id="t1", tool="run_shell", input="{}"),
+        ToolCallVetted(call_id="t1", verdict="allow", risk="exec"),
+        ToolCallStarted(call_id="t1", idempotency_key="s:t1"),
+        CancelRequested(),  # then the host died; its successor decides
+    ]
+    state = fold_agent("s", [env("s", i + 1, e) for i, e in enumerate(events)])
+    decision = decide(state, 0.0, LoopConfig())
+    assert isinstance(decision, Emit)
+    failed, cancelled = decision.events
+    assert isinstance(failed, ToolCallFailed) and failed.call_id == "t1"
+    assert failed.error.startswith("in doubt: run_shell was started")
+    assert isinstance(cancelled, SessionCancelled)

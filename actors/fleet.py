@@ -30,7 +30,7 @@ from typing import Any
 import ray
 
 from fleetlog.actors.host import HostCore, host_for
-from fleetlog.actors.ledger import Budget, Ledger
+from fleetlog.actors.ledger import Budget, Ledger, budgets_of
 from fleetlog.actors.runner import Command
 from fleetlog.config import Config, Task
 from fleetlog.events.errors import FleetlogError
@@ -343,7 +343,7 @@ class Fleet:
         (home / "log").mkdir(parents=True, exist_ok=True)
         namespace = namespace_for(home)
         lifetime = "detached" if detached else None
-        budgets = {t: Budget(b.max_cost_usd, b.max_tokens) for t, b in config.budgets.items()}
+        budgets = budgets_of(config)
 
         def actor(cls: type, name: str, **options: Any) -> Any:
             # Every fleet actor: named in the home's namespace, restarted by Ray

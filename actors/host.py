@@ -138,6 +138,7 @@ class HostCore:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}
         self._started = False
+        self._starting = asyncio.Lock()
 
     # --- partitions ------------------------------------------------------------------------
 
@@ -210,19 +211,24 @@ class HostCore:
     # --- sessions ----------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Open this host's partitions and resume their unfinished sessions (idempotent)."""
-        if self._started:
-            return 0
-        self._open_partitions()
-        self._started = True
-        view = await self._sessions_view() if self._sessions_view is not None else None
-        started = 0
-        for index, log in self.partitions.items():
-            for session_id in self._unfinished(index, log, view):
-                if session_id not in self.tasks:
-                    self.open(session_id)
-                    started += 1
-        return started
+        """Open this host's partitions and resume their unfinished sessions (idempotent).
+
+        Every caller returns only once the sessions have been resumed: a restarted
+        host starts itself, and a call arriving meanwhile waits for that start.
+        """
+        async with self._starting:
+            if self._started:
+                return 0
+            self._open_partitions()
+            view = await self._sessions_view() if self._sessions_view is not None else None
+            started = 0
+            for index, log in self.partitions.items():
+                for session_id in self._unfinished(index, log, view):
+                    if session_id not in self.tasks:
+                        self.open(session_id)
+                        started += 1
+            self._started = True
+            return started
 
     @staticmethod
     def _unfinished(index: int, log: FileLog, view: SessionsView | None) -> list[str]:

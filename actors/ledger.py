@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from fleetlog.config import Config
 from fleetlog.events.faults import crash_point
 from fleetlog.events.schema import (
     Envelope,
@@ -37,7 +38,7 @@ from fleetlog.events.schema import (
     SessionFailed,
 )
 
-__all__ = ["Budget", "Ledger"]
+__all__ = ["Budget", "Ledger", "LocalBudget", "budgets_of"]
 
 _ENDS = (SessionCompleted, SessionFailed, SessionCancelled)
 
@@ -46,6 +47,11 @@ _ENDS = (SessionCompleted, SessionFailed, SessionCancelled)
 class Budget:
     max_cost_usd: float | None = None
     max_tokens: int | None = None
+
+
+def budgets_of(config: Config) -> dict[str, Budget]:
+    """``[budgets.*]`` as the ledger takes them."""
+    return {t: Budget(b.max_cost_usd, b.max_tokens) for t, b in config.budgets.items()}
 
 
 @dataclass
@@ -203,3 +209,29 @@ class Ledger:
             account.reserved_tokens = 0
         session.reserved_usd = usd
         session.reserved_tokens = tokens
+
+
+class LocalBudget:
+    """The runners' BudgetPort over a ledger in the same process (one host, no Ray).
+
+    The fleet's ledger actor answers the same calls through Ray (``fleet.py``).
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    async def reserve(
+        self,
+        tenant: str,
+        session_id: str,
+        usd: float,
+        tokens: int,
+        spent_usd: float,
+        spent_tokens: int,
+    ) -> tuple[bool, str]:
+        return self.ledger.reserve(tenant, session_id, usd, tokens, spent_usd, spent_tokens)
+
+    async def release(
+        self, tenant: str, session_id: str, spent_usd: float, spent_tokens: int
+    ) -> None:
+        self.ledger.release(tenant, session_id, spent_usd, spent_tokens)

@@ -38,7 +38,7 @@ from fleetlog.events.schema import (
     ToolCallProposed,
     ToolCallRejected,
 )
-from fleetlog.events.state import SessionState, evolve
+from fleetlog.events.state import SessionState, call_hash, evolve
 
 __all__ = [
     "AgentState",
@@ -356,6 +356,7 @@ def decide(state: AgentState, now: float, config: LoopConfig) -> Decision:
                         reason=f"in doubt: {call.tool} was started but not confirmed before "
                         "a restart; approve to run it again, deny to skip it",
                         in_doubt=True,
+                        call_hash=call_hash(call.tool, call.input),
                     )
                 ]
             )

@@ -68,7 +68,7 @@ __all__ = ["fake"]  # the fixture, imported for the tests below
 
 # --- a slow, non-idempotent sync tool: the kind a thread runs and nobody can kill -------------
 
-_SLOW_S = 0.6
+_SLOW_S = 2.5
 
 
 @tool(risk="write", idempotent=False)
@@ -193,7 +193,7 @@ def test_cancel_stops_a_running_shell_and_records_the_kill(
         os.kill(pid, 0)
 
 
-@pytest.mark.parametrize("grace_s", [5.0, 0.05])
+@pytest.mark.parametrize("grace_s", [10.0, 0.05])
 def test_a_step_timeout_waits_for_a_sync_tool_or_sends_the_call_to_review(
     tmp_path: Path, fake: FakeAnthropic, grace_s: float
 ) -> None:
@@ -201,7 +201,8 @@ def test_a_step_timeout_waits_for_a_sync_tool_or_sends_the_call_to_review(
 
     async def scenario() -> dict[str, Any]:
         host = await custom_host(tmp_path, claude_toml(), effect_grace_s=grace_s)
-        sid = await create(host, "s-send", ["slow_send"], step_timeout_s=0.2)
+        # A step of 1 s: ample for the model call through the SDK, not for the tool.
+        sid = await create(host, "s-send", ["slow_send"], step_timeout_s=1.0)
         rows = await settle(host, sid)
         await stop_host(host)
         return rows[sid]
@@ -217,7 +218,7 @@ def test_a_step_timeout_waits_for_a_sync_tool_or_sends_the_call_to_review(
             "SessionFailed",
         ]
         assert one(envs, ToolCallCompleted).output == "sent to ops"
-        assert row["error"] == "STEP_TIMEOUT: tool call took longer than 0.2s"
+        assert row["error"] == "STEP_TIMEOUT: tool call took longer than 1s"
     else:
         # Still running when given up on: in doubt, and a human decides, never a silent "failed".
         assert kinds(envs)[-2:] == ["ToolCallStarted", "ReviewRequested"]

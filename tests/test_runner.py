@@ -29,7 +29,7 @@ from fake_anthropic import FakeAnthropic, scripted_responder, validate_request
 
 from fleetlog.actors.fleet import session_event
 from fleetlog.actors.host import HostCore
-from fleetlog.actors.ledger import Budget, Ledger
+from fleetlog.actors.ledger import Ledger, LocalBudget, budgets_of
 from fleetlog.actors.runner import Command, LogPort
 from fleetlog.actors.tools import BUILTIN_TOOLS, ToolContext
 from fleetlog.config import Config, parse_config, parse_task, session_id_for
@@ -89,29 +89,11 @@ def claude_toml(*, context_window: int = 200_000, extra: str = "") -> str:
     )
 
 
-class LedgerBudget:
+class LedgerBudget(LocalBudget):
     """The BudgetPort the fleet's ledger actor provides, minus Ray: a real Ledger in-process."""
 
     def __init__(self, config: Config) -> None:
-        self.ledger = Ledger(
-            {t: Budget(b.max_cost_usd, b.max_tokens) for t, b in config.budgets.items()}
-        )
-
-    async def reserve(
-        self,
-        tenant: str,
-        session_id: str,
-        usd: float,
-        tokens: int,
-        spent_usd: float,
-        spent_tokens: int,
-    ) -> tuple[bool, str]:
-        return self.ledger.reserve(tenant, session_id, usd, tokens, spent_usd, spent_tokens)
-
-    async def release(
-        self, tenant: str, session_id: str, spent_usd: float, spent_tokens: int
-    ) -> None:
-        self.ledger.release(tenant, session_id, spent_usd, spent_tokens)
+        super().__init__(Ledger(budgets_of(config)))
 
 
 async def start_host(home: Path, config: Config, budget: LedgerBudget | None = None) -> HostCore:
@@ -1041,9 +1023,16 @@ def test_cancel_while_awaiting_review(tmp_path: Path) -> None:
     call_id, done = asyncio.run(scenario())
     envs = read_stream(tmp_path, "s-mail")
     assert kinds(envs) == (
-        HEAD + (STEP + TOOL) * 2 + STEP + REVIEW + ["CancelRequested", "SessionCancelled"]
+        HEAD
+        + (STEP + TOOL) * 2
+        + STEP
+        + REVIEW
+        + ["CancelRequested", "ToolCallRejected", "SessionCancelled"]
     )
     assert one(envs, CancelRequested) == CancelRequested(by="dan", note="changed my mind")
+    # The call waiting for review never runs, and says so: nothing is left pending.
+    assert one(envs, ToolCallRejected).reason == "not run: the session was cancelled"
+    assert fold("s-mail", envs).tool_calls[call_id].status == "denied"
     assert done["status"] == "cancelled"
     assert done["error"] == ""
     assert done["reviews"] == []  # nobody can decide a call of an ended session

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from fleetlog.actors.fleet import session_event
 from fleetlog.actors.host import HostCore
-from fleetlog.actors.ledger import Budget, Ledger
+from fleetlog.actors.ledger import Ledger, LocalBudget, budgets_of
 from fleetlog.actors.runner import Command
 from fleetlog.config import Config, parse_config, parse_task, session_id_for
 from fleetlog.events.errors import FleetlogError
@@ -85,32 +85,9 @@ def session_ids(tag: str) -> dict[str, str]:
     return {kind: session_id_for(f"{kind}-{tag}") for kind, _prompt, _limits in SCENARIO}
 
 
-class LedgerPort:
-    """The BudgetPort over a real ``Ledger`` in this process (the fleet's ledger, minus Ray)."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-
-    async def reserve(
-        self,
-        tenant: str,
-        session_id: str,
-        usd: float,
-        tokens: int,
-        spent_usd: float,
-        spent_tokens: int,
-    ) -> tuple[bool, str]:
-        return self.ledger.reserve(tenant, session_id, usd, tokens, spent_usd, spent_tokens)
-
-    async def release(
-        self, tenant: str, session_id: str, spent_usd: float, spent_tokens: int
-    ) -> None:
-        self.ledger.release(tenant, session_id, spent_usd, spent_tokens)
-
-
 def rebuilt_ledger(home: Path, config: Config) -> Ledger:
     """A ledger folded from every partition of the log, from position 1."""
-    ledger = Ledger({t: Budget(b.max_cost_usd, b.max_tokens) for t, b in config.budgets.items()})
+    ledger = Ledger(budgets_of(config))
     root = home / "log"
     if not root.is_dir():
         return ledger
@@ -172,7 +149,7 @@ async def operator(host: HostCore, sids: dict[str, str]) -> None:
 async def main(home: Path, tag: str) -> int:
     config = parse_config(CONFIG_TOML, source="fleet_child")
     ledger = rebuilt_ledger(home, config)
-    host = HostCore(0, 1, home, config, LedgerPort(ledger), lock_wait_s=10.0)
+    host = HostCore(0, 1, home, config, LocalBudget(ledger), lock_wait_s=10.0)
     await host.start()
     sids = session_ids(tag)
     for kind, prompt, limits in SCENARIO:

@@ -57,6 +57,7 @@ from fleet_child import (
     SLOW_MARK,
     session_ids,
 )
+from test_projections import TABLES, snapshot
 
 from fleetlog.actors.ledger import Budget, Ledger
 from fleetlog.actors.model import Usage, cost_usd
@@ -78,16 +79,6 @@ from fleetlog.projections.projector import Projector
 CHILD = Path(__file__).with_name("fleet_child.py")
 CHILD_TIMEOUT_S = 90.0  # one child run; a few seconds normally
 MAX_RESUMES = 3
-TABLES = (
-    "events",
-    "agent_executions",
-    "agent_tool_calls",
-    "model_calls",
-    "agent_steps",
-    "budget_counters",
-    "agent_health_metrics",
-    "_checkpoints",
-)
 INVARIANTS = (
     "fired",
     "resumed",
@@ -217,14 +208,6 @@ def catch_up(home: Path) -> None:
         projector.catch_up()
 
 
-def table_rows(projector: Projector) -> dict[str, list[tuple[Any, ...]]]:
-    out = {}
-    with projector.cursor() as cur:
-        for name in TABLES:
-            out[name] = sorted(cur.execute(f"SELECT * FROM {name}").fetchall(), key=repr)
-    return out
-
-
 def log_head(home: Path) -> int:
     total = 0
     for path in partition_dirs(home / "log"):
@@ -352,9 +335,9 @@ def crash_and_resume(point: str, root: Path, fake: FakeAnthropic) -> Outcome:
 
     def projection() -> str | None:
         with Projector.open(home, rebuild_from=10**15) as projector:
-            incremental = table_rows(projector)
+            incremental = snapshot(projector)
             projector.rebuild(workers=1)
-            rebuilt = table_rows(projector)
+            rebuilt = snapshot(projector)
         differ = [t for t in TABLES if incremental[t] != rebuilt[t]]
         if not incremental["events"] or len(incremental["events"]) != len(everything):
             return f"events projected {len(incremental['events'])}, in the log {len(everything)}"

@@ -63,3 +63,50 @@ def test_unfinished_sessions_and_spending_from_projections_plus_tail(tmp_path: P
     for tenant, account in full.snapshot().items():
         assert seeded.snapshot()[tenant]["spent_usd"] == pytest.approx(account["spent_usd"])
         assert seeded.snapshot()[tenant]["spent_tokens"] == account["spent_tokens"]
+
+
+def test_reservations_in_flight_come_back_through_the_projections(tmp_path: Path) -> None:
+    """A restarted ledger (projections + tail) holds exactly what a full fold of the log holds."""
+    from fleetlog.actors.fleet import seed_ledger
+    from fleetlog.events.schema import ModelCallRequested, ModelResponded, SessionFailed
+
+    def asked(step: int, usd: float) -> ModelCallRequested:
+        return ModelCallRequested(
+            step=step, request_id=f"r{step}", model="m", reserved_usd=usd, reserved_tokens=100
+        )
+
+    def answered(step: int, usd: float) -> ModelResponded:
+        return ModelResponded(
+            step=step, request_id=f"r{step}", model="m", content="[]", stop_reason="tool_use",
+            cost_usd=usd, input_tokens=10, output_tokens=5,
+        )  # fmt: skip
+
+    created = SessionCreated(task_id="t", prompt="p", tenant="acme")
+    log = FileLog.open(tmp_path / "log" / "p0")
+    histories = {
+        "s-held": [created, asked(1, 0.4)],  # in flight at the checkpoint
+        "s-paid": [created, asked(1, 0.3), answered(1, 0.1)],
+        "s-ended": [created, asked(1, 0.2), SessionFailed(error="x")],
+        "s-later": [created, asked(1, 0.3), answered(1, 0.05), asked(2, 0.3)],
+    }
+    for sid, events in histories.items():
+        log.append(sid, events, 0, 1)
+    with Projector.open(tmp_path) as projector:
+        projector.catch_up()
+        view = sessions_view(projector)
+    assert sorted(view.reservations) == [("s-held", 0.4, 100), ("s-later", 0.3, 100)]
+    # After the checkpoint: s-later's call is answered, a new one is in flight.
+    log.append("s-later", [answered(2, 0.07)], 4, 1)
+    log.append("s-new", [created, asked(1, 0.25)], 0, 1)
+    budgets = {"acme": Budget(max_cost_usd=10.0)}
+    seeded = Ledger(budgets)
+    seed_ledger(seeded, view)
+    seeded.fold(LogTail(log.path).read(view.checkpoints[0] + 1, 10**9))
+    full = Ledger(budgets)
+    full.fold(log.read_all(1, 10**9))
+    log.close()
+    expected = {"spent_usd": 0.22, "spent_tokens": 45, "reserved_usd": 0.65, "holders": 2}
+    for ledger in (full, seeded):
+        account = ledger.snapshot()["acme"]
+        assert {k: account[k] for k in expected} == pytest.approx(expected)
+        assert account["reserved_tokens"] == 200

@@ -29,6 +29,7 @@ from fleetlog.actors.runner import (
     internal_error,
 )
 from fleetlog.actors.safety import Policy, redact_event
+from fleetlog.actors.sandbox import Sandbox, SandboxUnavailable
 from fleetlog.actors.tools import BUILTIN_TOOLS, ToolSpec, load_tools_module
 from fleetlog.config import Config
 from fleetlog.events.errors import ConcurrencyError, FencedError, LogError, LogLockedError
@@ -69,6 +70,18 @@ def tools_for(config: Config) -> dict[str, ToolSpec]:
     if config.fleet.tools_module:
         tools.update(load_tools_module(config.fleet.tools_module))
     return tools
+
+
+def sandbox_for(config: Config, home: Path) -> tuple[Sandbox | None, str]:
+    """The sandbox exec tools run in, and its state for the record (see RunnerDeps)."""
+    if config.tools.sandbox == "off":
+        log.warning('[tools] sandbox = "off": run_shell and exec tools run unconfined')
+        return None, "off"
+    try:
+        return Sandbox.find(home), "on"
+    except SandboxUnavailable as e:
+        log.error("run_shell and exec tools are disabled: the sandbox cannot start: %s", e)
+        return None, f"unavailable: {e}"
 
 
 def policy_for(config: Config) -> Policy:
@@ -134,6 +147,7 @@ class HostCore:
             compact_at=config.context.compact_at,
             keep_recent_turns=config.context.keep_recent_turns,
         )
+        self.deps.sandbox, self.deps.sandbox_state = sandbox_for(config, home)
         self.runners: dict[str, SessionRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}

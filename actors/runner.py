@@ -38,6 +38,7 @@ from fleetlog.actors.loop import (
 )
 from fleetlog.actors.model import ModelClient, ModelReply, ModelRequest, cost_usd
 from fleetlog.actors.safety import Policy, redact_event, vet
+from fleetlog.actors.sandbox import Sandbox
 from fleetlog.actors.tools import (
     DEFAULT_GRACE_S,
     ToolContext,
@@ -128,6 +129,10 @@ class RunnerDeps:
     clock: Callable[[], float] = time.time
     # After a timeout or a cancel, how long a tool that cannot be interrupted is waited for.
     effect_grace_s: float = DEFAULT_GRACE_S
+    #: Where exec tools run confined (None: off, or unavailable; see ``sandbox_state``).
+    sandbox: Sandbox | None = None
+    #: "on", "off" (the operator's explicit choice) or "unavailable: <why>" (fail closed).
+    sandbox_state: str = "off"
 
 
 @dataclass(frozen=True)
@@ -182,9 +187,13 @@ class SessionRunner:
         if state.session.terminal:
             return state
         self.epoch = state.session.epoch + 1
-        await self.commit(
-            [SessionClaimed(owner=self.deps.owner, node=self.deps.node, epoch=self.epoch)]
+        claim = SessionClaimed(
+            owner=self.deps.owner,
+            node=self.deps.node,
+            epoch=self.epoch,
+            sandbox=self.deps.sandbox_state,  # what its tools run under, on record
         )
+        await self.commit([claim])
         self.workspace.mkdir(parents=True, exist_ok=True)
         if self.deps.budget is not None and state.session.seq > 1:
             # A host before this one may have died holding a reservation for it.
@@ -580,6 +589,16 @@ class SessionRunner:
             kwargs = validate_input(spec, raw)
         except (ToolInputError, json.JSONDecodeError) as e:
             return [ToolCallRejected(call_id=call_id, reason=str(e))]
+        if spec.risk == "exec" and self.deps.sandbox is None and self.deps.sandbox_state != "off":
+            # Fail closed: what would run confined does not run at all.
+            why = self.deps.sandbox_state.removeprefix("unavailable: ")
+            return [
+                ToolCallRejected(
+                    call_id=call_id,
+                    reason=f"refused: {call.tool} is disabled "
+                    f"because the sandbox cannot start here: {why}",
+                )
+            ]
         vetting = vet(spec, kwargs, self.deps.policy, self.workspace)
         events: list[Event] = [
             ToolCallVetted(
@@ -622,6 +641,7 @@ class SessionRunner:
             idempotency_key=key,
             workspace=self.workspace,
             home=self.deps.home,
+            sandbox=self.deps.sandbox,
         )
         started = time.perf_counter()
         # run_tool never abandons the call: on timeout or cancel it stops it, or waits

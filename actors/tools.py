@@ -43,6 +43,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from fleetlog.actors.sandbox import Sandbox
 from fleetlog.events.errors import ToolError, ToolInputError, ToolRefused
 from fleetlog.events.faults import crash_point
 
@@ -91,6 +92,8 @@ class ToolContext:
     idempotency_key: str  # stable across retries of the same call
     workspace: Path  # the session's workspace directory (exists)
     home: Path  # fleet home; the outbox is home / "outbox"
+    #: Where exec tools run confined; None only with ``[tools] sandbox = "off"``.
+    sandbox: Sandbox | None = None
 
 
 class ToolOutcome(msgspec.Struct, frozen=True):
@@ -684,10 +687,13 @@ async def run_shell(ctx: ToolContext, command: str, timeout_s: float = 30) -> To
         "LANG": "C.UTF-8",
         "TERM": "dumb",
     }
+    argv = ["/bin/sh", "-c", command]
+    if ctx.sandbox is not None:
+        # First use under root may hand the workspace to the session's uid: a tree walk.
+        uid = await asyncio.to_thread(ctx.sandbox.uid_for, ctx.workspace, ctx.session_id)
+        argv = ctx.sandbox.argv(argv, workspace=ctx.workspace, uid=uid, env=env)
     proc = await asyncio.create_subprocess_exec(
-        "/bin/sh",
-        "-c",
-        command,
+        *argv,
         cwd=ctx.workspace,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,

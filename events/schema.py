@@ -117,6 +117,9 @@ class SessionClaimed(EventBase, frozen=True, kw_only=True):
     owner: str
     node: str = ""
     epoch: int
+    #: What its exec tools run under from now on: "on", "off" (set so explicitly) or
+    #: "unavailable: <why>" (they are refused). "" in logs written before the sandbox.
+    sandbox: str = ""
 
 
 class CancelRequested(EventBase, frozen=True, kw_only=True):

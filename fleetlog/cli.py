@@ -149,6 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     session_ids = {sid for _, sid in keyed}
     if len(session_ids) != len(keyed):
         raise FleetlogError("two tasks map to the same session (duplicate ids)")
+    _sandbox_line(config)
     with _ray(args.address, namespace_for(home)) as address:
         started = time.monotonic()
         fleet = Fleet.start(home, config, hosts=hosts)
@@ -165,6 +166,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     _summary(rows, elapsed, settled=SETTLED)
     return 0
+
+
+def _sandbox_line(config: Config) -> None:
+    """One line at fleet start when exec tools will not run confined (SPEC §6 [tools])."""
+    if config.tools.sandbox == "off":
+        _err(
+            'warning: [tools] sandbox = "off": run_shell and exec tools run unconfined '
+            "(every session records it)"
+        )
+        return
+    from fleetlog.actors.sandbox import probe
+
+    reason = probe()
+    if reason:
+        _err(f"warning: run_shell and exec tools are disabled (refused): {reason}")
 
 
 def _err(text: str) -> None:
@@ -350,6 +366,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = _config(args)
     if (home / "fleet.json").exists():
         raise FleetlogError(f"a fleet is already up for {home} (`fleetlog down` first)")
+    _sandbox_line(config)
     hosts = args.hosts or config.fleet.hosts
     started_ray = False
     address = args.address

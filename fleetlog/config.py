@@ -23,7 +23,7 @@ import time
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -39,6 +39,7 @@ __all__ = [
     "BudgetConfig",
     "Config",
     "ContextConfig",
+    "ToolsConfig",
     "FleetConfig",
     "LimitOverrides",
     "ModelConfig",
@@ -148,6 +149,15 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     tools: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_TOOLS))
     model: str | None = None
     limits: LimitOverrides = LimitOverrides()
+    #: Hosts its sandboxed tools may reach. Only [] (no network) is supported so far.
+    network: list[str] = []
+
+
+class ToolsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[tools]``: ``sandbox = "on"`` (the default) confines run_shell and every exec tool
+    in bubblewrap; ``"off"`` runs them unconfined, and only when set explicitly."""
+
+    sandbox: Literal["on", "off"] = "on"
 
 
 class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -173,6 +183,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     budgets: dict[str, BudgetConfig] = {}
     agents: dict[str, AgentConfig] = {}
     policy: PolicyConfig | None = None
+    tools: ToolsConfig = ToolsConfig()
     #: The file this came from (``None``: built-in defaults).
     source: str | None = None
 
@@ -277,7 +288,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     return _build_config(doc, source)
 
 
-_SECTIONS = ("fleet", "models", "context", "limits", "budgets", "agents", "policy")
+_SECTIONS = ("fleet", "models", "context", "limits", "budgets", "agents", "policy", "tools")
 
 
 def _build_config(doc: dict[str, Any], source: str) -> Config:
@@ -335,6 +346,12 @@ def _build_config(doc: dict[str, Any], source: str) -> Config:
             if tool in seen:
                 raise fail(f"{label} tools lists `{tool}` twice")
             seen.add(tool)
+        if agent.network:
+            # Refused rather than accepted and ignored: the sandbox has no network path yet.
+            raise fail(
+                f"{label} network: granting sandboxed tools network access is not supported "
+                "yet; leave it empty (no network)"
+            )
 
     policy: PolicyConfig | None = None
     if "policy" in doc:
@@ -346,8 +363,11 @@ def _build_config(doc: dict[str, Any], source: str) -> Config:
                 except ValueError as e:
                     raise fail(f"[policy] {verdict}[{i}] {e}") from None
 
+    tools = table(doc.get("tools", {}), ToolsConfig, "[tools]")
+
     return Config(
         fleet=fleet,
+        tools=tools,
         models=models,
         context=context,
         limits=limits,

@@ -281,7 +281,7 @@ def test_redact_returns_the_same_string_when_clean() -> None:
 #: Per event type, its ``str`` fields that are ids, names or codes and are never redacted.
 _ID_FIELDS: dict[str, set[str]] = {
     "SessionCreated": {"task_id", "agent_type", "tenant", "model", "tools", "workspace"},
-    "SessionClaimed": {"owner", "node"},
+    "SessionClaimed": {"owner", "node", "sandbox"},  # sandbox: "on", "off", a probe line
     "CancelRequested": {"by"},
     "SessionCompleted": set(),
     "SessionFailed": set(),

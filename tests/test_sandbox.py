@@ -1,0 +1,304 @@
+"""The sandbox, attacked for real: bubblewrap, an unprivileged uid, limits, no network.
+
+Each test runs a command through ``run_shell`` with the fleet's sandbox (as a
+host gives it) and checks what it could not do: read ``/etc/shadow``, see a home
+directory, the fleet's log or another session's workspace, write outside its
+workspace, reach a listener on this machine's loopback, outlive its timeout,
+exceed its limits, regain privileges. The fleet home lives outside /tmp here
+(``/var/tmp``), so that hiding it is the sandbox's doing, not /tmp's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetlog.actors.sandbox import Limits, Sandbox, probe
+from fleetlog.actors.tools import BUILTIN_TOOLS, ToolContext, ToolOutcome, run_tool
+
+ROOT = os.geteuid() == 0
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="fleetlog-sbx-", dir="/var/tmp"))
+    os.chmod(path, 0o755)
+    (path / "log").mkdir()
+    (path / "log" / "secret-log.txt").write_text("CANARY-LOG")
+    (path / "workspaces" / "s-other").mkdir(parents=True)
+    (path / "workspaces" / "s-other" / "theirs.txt").write_text("CANARY-OTHER")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _ctx(home: Path, **limits: int) -> ToolContext:
+    assert probe() == "", probe()
+    box = Sandbox.find(home, Limits(**limits)) if limits else Sandbox.find(home)
+    workspace = home / "workspaces" / "s-1"
+    workspace.mkdir(parents=True, exist_ok=True)
+    return ToolContext("s-1", "toolu_1", "s-1:toolu_1", workspace.resolve(), home, sandbox=box)
+
+
+def shell(home: Path, command: str, *, timeout_s: float = 20, **limits: int) -> ToolOutcome:
+    """``command`` through ``run_shell`` (vetting, then the sandbox), as a session runs it."""
+    ctx = _ctx(home, **limits)
+    spec = BUILTIN_TOOLS["run_shell"]
+    return asyncio.run(
+        run_tool(spec, {"command": command, "timeout_s": timeout_s}, ctx, timeout_s=60)
+    )
+
+
+def boxed(home: Path, command: str, **limits: int) -> str:
+    """``command`` in the sandbox alone, past the vetting: what the box itself allows."""
+    ctx = _ctx(home, **limits)
+    assert ctx.sandbox is not None
+    env = {"PATH": os.environ["PATH"], "HOME": str(ctx.workspace), "LANG": "C.UTF-8"}
+    uid = ctx.sandbox.uid_for(ctx.workspace, ctx.session_id)
+    argv = ctx.sandbox.argv(["/bin/sh", "-c", command], workspace=ctx.workspace, uid=uid, env=env)
+    done = subprocess.run(
+        argv, cwd=ctx.workspace, capture_output=True, text=True, timeout=60, check=False
+    )
+    return done.stdout + done.stderr
+
+
+def test_it_runs_as_an_unprivileged_uid_that_cannot_read_shadow(home: Path) -> None:
+    out = boxed(home, "id -u; cat /etc/shadow; echo rc=$?")
+    assert int(out.splitlines()[0]) != 0
+    assert "Permission denied" in out and "rc=1" in out
+    assert "root:" not in out
+
+
+def test_only_the_workspace_is_writable(home: Path) -> None:
+    out = shell(
+        home,
+        "echo ok > mine.txt && cat mine.txt; "
+        "for t in /etc/fleetlog-x /usr/local/bin/x ../x ../../x /var/tmp/x; do "
+        "  (echo x > $t) 2>/dev/null && echo WROTE $t; done; "
+        "echo x > /tmp/scratch && echo tmp-ok",
+    )
+    assert "ok" in out.output and "tmp-ok" in out.output, out.output
+    assert "WROTE" not in out.output, out.output
+    assert (home / "workspaces" / "s-1" / "mine.txt").read_text() == "ok\n"
+    assert not (home / "workspaces" / "x").exists() and not Path("/etc/fleetlog-x").exists()
+
+
+def test_homes_the_fleet_home_and_other_sessions_are_absent(home: Path) -> None:
+    canary = Path("/root/.fleetlog-sandbox-canary") if ROOT else Path.home() / ".fleetlog-canary"
+    canary.write_text("CANARY-HOME")
+    try:
+        read = boxed(
+            home,
+            f"cat {canary} {home}/log/secret-log.txt {home}/workspaces/s-other/theirs.txt; "
+            "cat /root/.bash_history /root/.ssh/* 2>&1 | head -3",
+        )
+        listed = boxed(home, f"ls -a /root /home; echo; ls {home}; ls {home}/workspaces")
+        where = boxed(home, "echo $HOME; pwd")
+    finally:
+        canary.unlink()
+    assert "CANARY" not in read and read.count("No such file or directory") >= 3, read
+    assert "secret" not in listed and "s-other" not in listed and "log" not in listed, listed
+    # Empty homes; of the fleet home, only the path down to this session's workspace.
+    assert listed.split() == ["/home:", ".", "..", "/root:", ".", "..", "workspaces", "s-1"]
+    assert where.split() == [str(home.resolve() / "workspaces" / "s-1")] * 2
+
+
+def test_no_network_not_even_this_machines_loopback(home: Path) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    got: list[bytes] = []
+
+    def accept() -> None:
+        try:
+            conn, _ = server.accept()
+            got.append(conn.recv(100))
+            conn.close()
+        except OSError:
+            pass
+
+    listener = threading.Thread(target=accept)
+    listener.start()
+    try:
+        out = shell(
+            home,
+            f"(echo STOLEN > /dev/tcp/127.0.0.1/{port}) 2>&1; "
+            f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)"
+            ".send(b'STOLEN')\" 2>&1 | tail -1; "
+            "python3 -c \"import socket; socket.getaddrinfo('example.com', 80)\" 2>&1 | tail -1",
+        )
+    finally:
+        listener.join()
+        server.close()
+    assert got == []
+    assert "ConnectionRefusedError" in out.output or "refused" in out.output, out.output
+    assert "gaierror" in out.output, out.output
+
+
+def test_it_sees_only_its_own_processes(home: Path) -> None:
+    out = shell(home, "ls /proc | grep -c '^[0-9]'")
+    assert int(out.output.splitlines()[1]) < 10  # bwrap's init, the shell, ls, grep
+
+
+def test_a_timeout_kills_every_process_it_started(home: Path) -> None:
+    marker = "27.1828"
+    out = shell(home, f"(sleep {marker} &); sleep {marker}", timeout_s=0.5)
+    assert out.is_error and out.output.startswith("timed out after 0.5s")
+
+    def running() -> bool:
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and marker in (entry / "cmdline").read_text():
+                    return True
+            except OSError:
+                continue
+        return False
+
+    for _ in range(500):
+        if not running():
+            break
+        asyncio.run(asyncio.sleep(0.01))
+    assert not running()
+
+
+def test_limits_on_file_size_cpu_and_processes(home: Path) -> None:
+    out = shell(
+        home,
+        "ulimit -f; ulimit -t; head -c 3000000 /dev/zero > big 2>/dev/null; wc -c < big",
+        file_bytes=1 << 20,
+        cpu_s=7,
+    )
+    lines = out.output.splitlines()
+    assert lines[1:3] == ["2048", "7"]  # 512-byte blocks; seconds
+    assert int(lines[3]) <= 1 << 20
+    if ROOT:  # a uid of its own: a fork bomb stops at the limit
+        bomb = shell(
+            home,
+            "for i in $(seq 80); do sleep 5 & done 2>&1 | grep -c 'fork' ; echo done",
+            processes=20,
+            timeout_s=3,
+        )
+        assert "done" in bomb.output or bomb.is_error
+
+
+@pytest.mark.skipif(not ROOT, reason="privileges to drop exist only when fleetlog runs as root")
+def test_no_way_back_to_root(home: Path) -> None:
+    out = boxed(
+        home,
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; "
+        "su -c id root </dev/null 2>&1 | tail -1; "
+        "python3 -c 'import os; os.setuid(0)' 2>&1 | tail -1",
+    )
+    assert "CapEff:\t0000000000000000" in out
+    assert "CapBnd:\t0000000000000000" in out
+    assert "NoNewPrivs:\t1" in out
+    assert "uid=0" not in out
+    assert "PermissionError" in out
+
+
+def test_a_workspace_owned_by_a_user_runs_as_that_user(home: Path) -> None:
+    if not ROOT:
+        pytest.skip("only root can make a workspace another user's")
+    workspace = home / "workspaces" / "s-1"
+    workspace.mkdir(parents=True)
+    os.chown(workspace, 4242, 4242)
+    out = shell(home, "id -u; touch made")
+    assert out.output.splitlines()[1] == "4242"
+    assert (workspace / "made").stat().st_uid == 4242
+
+
+def test_a_fresh_session_workspace_is_handed_to_its_own_uid(home: Path) -> None:
+    if not ROOT:
+        pytest.skip("uids of their own need root")
+    box = Sandbox.find(home)
+    a, b = home / "workspaces" / "a", home / "workspaces" / "b"
+    for ws in (a, b):
+        ws.mkdir(parents=True)
+        (ws / "f").write_text("x")
+    ua, ub = box.uid_for(a, "s-a"), box.uid_for(b, "s-b")
+    assert ua != ub and min(ua, ub) >= 200_000
+    assert (a / "f").stat().st_uid == ua
+    assert box.uid_for(a, "s-a") == ua  # stable: the workspace now says whose it is
+
+
+def run_in_host(home: Path, config_toml: str) -> list[Any]:
+    """One session through a real host whose model asks for one shell command."""
+    from fake_anthropic import FakeAnthropic
+    from test_runner import claude_toml, read_stream, settle, start_host, stop_host
+
+    from fleetlog.config import parse_config
+    from fleetlog.events.schema import SessionCreated
+
+    with FakeAnthropic() as fake:
+        fake.script(
+            {
+                "content": [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_sh",
+                        "name": "run_shell",
+                        "input": {"command": "cat /etc/hostname > seen; echo done"},
+                    }
+                ]
+            },
+            {"content": "finished"},
+        )
+
+        async def scenario() -> None:
+            os.environ["ANTHROPIC_BASE_URL"] = fake.base_url
+            os.environ["ANTHROPIC_API_KEY"] = fake.api_key
+            host = await start_host(home, parse_config(claude_toml(extra=config_toml), source="t"))
+            created = SessionCreated(
+                task_id="t", prompt="go", model="claude-sonnet-4-6", tools=["run_shell"]
+            )
+            assert await host.create("s-sh", created)
+            await settle(host, "s-sh")
+            await stop_host(host)
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            os.environ.pop("ANTHROPIC_BASE_URL", None)
+            os.environ.pop("ANTHROPIC_API_KEY", None)
+    return read_stream(home, "s-sh")
+
+
+def test_sessions_record_the_sandbox_and_fail_closed_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetlog.actors import host as host_module
+    from fleetlog.actors.sandbox import SandboxUnavailable
+    from fleetlog.events.schema import SessionClaimed, ToolCallCompleted, ToolCallRejected
+
+    on = run_in_host(tmp_path / "on", "")
+    assert next(e.event for e in on if isinstance(e.event, SessionClaimed)).sandbox == "on"
+    assert any(isinstance(e.event, ToolCallCompleted) for e in on)
+
+    off = run_in_host(tmp_path / "off", '\n[tools]\nsandbox = "off"\n')
+    assert next(e.event for e in off if isinstance(e.event, SessionClaimed)).sandbox == "off"
+    assert any(isinstance(e.event, ToolCallCompleted) for e in off)
+
+    def broken(home: Path, limits: Limits | None = None) -> Sandbox:
+        raise SandboxUnavailable("bwrap not found: install bubblewrap")
+
+    monkeypatch.setattr(host_module.Sandbox, "find", broken)
+    closed = run_in_host(tmp_path / "closed", "")
+    claimed = next(e.event for e in closed if isinstance(e.event, SessionClaimed))
+    assert claimed.sandbox == "unavailable: bwrap not found: install bubblewrap"
+    [refused] = [e.event for e in closed if isinstance(e.event, ToolCallRejected)]
+    assert refused.reason == (
+        "refused: run_shell is disabled because the sandbox cannot start here: "
+        "bwrap not found: install bubblewrap"
+    )
+    assert not (tmp_path / "closed" / "workspaces" / "s-sh" / "seen").exists()

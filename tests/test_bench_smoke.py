@@ -82,3 +82,16 @@ def test_projection_bench_runs(tmp_path: Path) -> None:
     assert "| full rebuild |" in proc.stdout
     assert "| (floor: decoding + `events` alone, no folding) |" in proc.stdout
     assert "catch-up lag" in proc.stdout
+
+
+def test_sandbox_bench_runs() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.sandbox_bench", "--calls", "3"],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "sandboxed" in proc.stdout and "added" in proc.stdout

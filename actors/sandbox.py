@@ -95,7 +95,13 @@ class Sandbox:
         return uid
 
     def argv(
-        self, command: Sequence[str], *, workspace: Path, uid: int, env: Mapping[str, str]
+        self,
+        command: Sequence[str],
+        *,
+        workspace: Path,
+        uid: int,
+        env: Mapping[str, str],
+        read_only: Sequence[Path] = (),
     ) -> list[str]:
         """``command`` confined to ``workspace``, run as ``uid``, with exactly ``env``.
 
@@ -126,13 +132,22 @@ class Sandbox:
         if not any(_below(self.home, h) or self.home == h for h in hidden):
             out += ["--tmpfs", str(self.home)]
             hidden.append(self.home)
-        # The workspace keeps its path; its parents inside an emptied directory are
-        # made (traversable) so that absolute paths and HOME work in there too.
-        for parent in reversed(workspace.parents):
-            if any(_below(parent, h) for h in hidden):
-                out += ["--perms", "0755", "--dir", str(parent)]
+        # Paths keep their names; their parents inside an emptied directory are made
+        # (traversable) so that absolute paths and HOME work in there too. Paths
+        # given as read-only (a Python tool's interpreter and modules) come back so.
+        made: set[Path] = set()
+        for path, how in [*((p, "--ro-bind") for p in read_only), (workspace, "--bind")]:
+            if not any(_below(path, h) for h in hidden):
+                if how == "--ro-bind":
+                    continue  # visible as it is, read-only with the rest of the system
+            for parent in reversed(path.parents):
+                if parent not in made and any(_below(parent, h) for h in hidden):
+                    out += ["--perms", "0755", "--dir", str(parent)]
+                    made.add(parent)
+            out += [how, str(path), str(path)]
+            made.add(path)
         ws = str(workspace)
-        out += ["--bind", ws, ws, "--chdir", ws, "--clearenv"]
+        out += ["--chdir", ws, "--clearenv"]
         for key, value in env.items():
             out += ["--setenv", key, value]
         out.append("--")

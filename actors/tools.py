@@ -19,6 +19,7 @@ import asyncio
 import codecs
 import contextlib
 import contextvars
+import dataclasses
 import email.policy
 import email.utils
 import fnmatch
@@ -29,6 +30,7 @@ import os
 import re
 import signal
 import stat
+import sys
 import tempfile
 import types
 import typing
@@ -118,6 +120,10 @@ class ToolSpec:
     input_schema: dict[str, Any]  # the Anthropic tool's ``input_schema`` (a JSON Schema object)
     input_type: type[msgspec.Struct]  # validates the model's input (unknown fields forbidden)
     fn: Callable[..., Any]  # sync or async; called as fn(ctx, **kwargs)
+    #: Runs inside the sandbox when the fleet has one (every exec tool; others may opt in).
+    confined: bool = False
+    #: ``module:qualname`` of the decorated function: how a confined call finds it again.
+    origin: str = ""
 
     def anthropic_tool(self) -> dict[str, Any]:
         return {
@@ -136,6 +142,7 @@ def tool(
     idempotent: bool = False,
     name: str | None = None,
     description: str | None = None,
+    sandbox: bool | None = None,
 ) -> Callable[[F], F]:
     """Declare a function as a tool (``@fleetlog.tool(risk="read", idempotent=True)``).
 
@@ -143,12 +150,24 @@ def tool(
     (read it back with :func:`tool_spec`). A function whose first parameter is
     not ``ctx`` is wrapped so that ``spec.fn`` is always called as ``fn(ctx, **kwargs)``.
     Mistakes in the declaration raise ``TypeError`` at import time.
+
+    ``sandbox=True`` runs each call in a process of its own inside the fleet's
+    sandbox (see ``sandbox.py``); every ``exec`` tool does, and cannot opt out:
+    only ``[tools] sandbox = "off"`` runs them unconfined. Such a tool must be a
+    module-level function whose module the fleet can import, and its result
+    must be JSON-serializable.
     """
     if risk not in _RISKS:
         raise TypeError(f"@tool risk must be one of {sorted(_RISKS)}, not {risk!r}")
+    if risk == "exec" and sandbox is False:
+        raise TypeError('@tool(risk="exec") always runs in the sandbox: drop sandbox=False')
+    confined = risk == "exec" if sandbox is None else sandbox
 
     def decorate(fn: F) -> F:
         spec = _build_spec(fn, risk=risk, idempotent=idempotent, name=name, description=description)
+        spec = dataclasses.replace(
+            spec, confined=confined, origin=f"{fn.__module__}:{fn.__qualname__}"
+        )
         fn.__fleetlog_tool__ = spec  # type: ignore[attr-defined]
         return fn
 
@@ -361,7 +380,12 @@ async def run_tool(
         except (Exception, SystemExit) as err:
             return _failure(err)
     work: asyncio.Future[Any]
-    if inspect.iscoroutinefunction(spec.fn):
+    stoppable = inspect.iscoroutinefunction(spec.fn)
+    if spec.confined and ctx.sandbox is not None and BUILTIN_TOOLS.get(spec.name) is not spec:
+        # Out of this process, into the sandbox; a kill of the process stops it.
+        work = asyncio.ensure_future(_call_confined(spec, kwargs, ctx, ctx.sandbox))
+        stoppable = True
+    elif inspect.iscoroutinefunction(spec.fn):
         work = asyncio.ensure_future(spec.fn(ctx, **kwargs))
     else:
         # A plain future, never cancelled below: it completes when the thread does (a
@@ -382,7 +406,7 @@ async def run_tool(
     if work.done():
         return _settled(work)
     why = f"timed out after {timeout_s:g}s" if stop is None or not stop.is_set() else "cancelled"
-    if inspect.iscoroutinefunction(spec.fn):
+    if stoppable:
         work.cancel()
         await asyncio.wait({work}, timeout=grace_s)
         return ToolOutcome(output=f"{why}; the call was stopped", is_error=True, timed_out=True)
@@ -395,6 +419,64 @@ async def run_tool(
         timed_out=True,
         in_doubt=True,
     )
+
+
+async def _call_confined(
+    spec: ToolSpec, kwargs: dict[str, Any], ctx: ToolContext, sandbox: Sandbox
+) -> ToolOutcome:
+    """Call a Python tool in a process of its own inside the sandbox (``_confined.py``).
+
+    The interpreter, its libraries and the module path come back read-only
+    (they may live under an emptied directory such as /root); the call travels
+    as JSON on stdin and its outcome comes back as JSON on stdout.
+    """
+    request = msgspec.json.encode(
+        {
+            "origin": spec.origin,
+            "kwargs": kwargs,
+            "ctx": [ctx.session_id, ctx.call_id, ctx.idempotency_key, str(ctx.workspace)],
+            "home": str(ctx.home),
+        }
+    )
+    # "" on sys.path is the current directory: a tools module found there must be too.
+    paths = [os.path.abspath(p or ".") for p in sys.path if os.path.isdir(p or ".")]
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(ctx.workspace),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": os.pathsep.join(paths),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    interpreter = Path(os.path.realpath(sys.executable))
+    read_only = sorted(
+        {Path(p).resolve() for p in [*paths, sys.prefix, sys.base_prefix]} | {interpreter.parent}
+    )
+    uid = await asyncio.to_thread(sandbox.uid_for, ctx.workspace, ctx.session_id)
+    argv = sandbox.argv(
+        [sys.executable, "-m", "fleetlog.actors._confined"],
+        workspace=ctx.workspace,
+        uid=uid,
+        env=env,
+        read_only=read_only,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=ctx.workspace,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = await proc.communicate(request)
+    finally:
+        _kill_group(proc.pid)  # on cancel or timeout too: nothing it started survives
+    lines = out.decode(errors="replace").strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        detail = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise ToolError(f"{spec.name} failed in the sandbox (exit {proc.returncode}): {detail}")
+    return msgspec.json.decode(lines[-1], type=ToolOutcome)
 
 
 def _settled(work: asyncio.Future[Any]) -> ToolOutcome:
@@ -449,10 +531,16 @@ def _one_line(kind: str, err: BaseException) -> str:
 _CREDENTIAL_NAMES = (
     ".env",
     ".env.*",
+    ".envrc",
     "*.pem",
     "*.key",
     "*.p12",
     "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "*.ppk",
+    "*.tfstate",
+    "*.tfstate.backup",
     "id_rsa*",
     "id_dsa*",
     "id_ecdsa*",
@@ -461,14 +549,34 @@ _CREDENTIAL_NAMES = (
     "_netrc",
     ".pgpass",
     ".git-credentials",
+    ".npmrc",
+    ".pypirc",
+    ".my.cnf",
+    ".vault-token",
+    ".htpasswd",
+    "application_default_credentials.json",
+    "credentials.tfrc.json",
 )
-# Matched against the path's trailing components, lower-cased: (directory, file glob).
+# Templates of secrets files hold placeholders, not secrets (`.env.example`).
+_NOT_CREDENTIALS = (".env.example", ".env.sample", ".env.template", ".env.dist", ".env.tmpl")
+# Matched against the path's trailing components, lower-cased: (directory, file glob). The
+# directory may have several components; a "*" glob covers any depth below it.
 _CREDENTIAL_PAIRS = (
     (".aws", "credentials"),
     (".ssh", "*"),
     (".gnupg", "*"),
     (".docker", "config.json"),
     (".kube", "config"),
+    (".azure", "*"),
+    (".config/gcloud", "*"),
+    (".config/gh", "hosts.yml"),
+    (".config/hub", "*"),
+    (".cargo", "credentials*"),
+    (".cache/huggingface", "token"),
+    (".huggingface", "token"),
+    (".terraform.d", "credentials*"),
+    (".password-store", "*"),
+    (".local/share/keyrings", "*"),
     ("etc", "shadow"),
     ("etc", "gshadow"),
 )
@@ -479,12 +587,18 @@ def is_credential_path(path: str) -> bool:
     parts = [p for p in path.replace("\\", "/").lower().split("/") if p not in ("", ".")]
     if not parts:
         return False
-    if any(fnmatch.fnmatchcase(parts[-1], pat) for pat in _CREDENTIAL_NAMES):
+    name = parts[-1]
+    if name not in _NOT_CREDENTIALS and any(
+        fnmatch.fnmatchcase(name, pat) for pat in _CREDENTIAL_NAMES
+    ):
         return True
     # `.ssh/*` covers files at any depth below the directory, not just directly in it.
-    for i, part in enumerate(parts[:-1]):
-        for directory, pattern in _CREDENTIAL_PAIRS:
-            if part == directory and (pattern == "*" or fnmatch.fnmatchcase(parts[i + 1], pattern)):
+    for directory, pattern in _CREDENTIAL_PAIRS:
+        dirs = directory.split("/")
+        for i in range(len(parts) - len(dirs)):
+            if parts[i : i + len(dirs)] == dirs and (
+                pattern == "*" or fnmatch.fnmatchcase(parts[i + len(dirs)], pattern)
+            ):
                 return True
     return False
 

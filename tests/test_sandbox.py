@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -79,15 +80,15 @@ def test_it_runs_as_an_unprivileged_uid_that_cannot_read_shadow(home: Path) -> N
 
 
 def test_only_the_workspace_is_writable(home: Path) -> None:
-    out = shell(
+    out = boxed(
         home,
         "echo ok > mine.txt && cat mine.txt; "
         "for t in /etc/fleetlog-x /usr/local/bin/x ../x ../../x /var/tmp/x; do "
         "  (echo x > $t) 2>/dev/null && echo WROTE $t; done; "
         "echo x > /tmp/scratch && echo tmp-ok",
     )
-    assert "ok" in out.output and "tmp-ok" in out.output, out.output
-    assert "WROTE" not in out.output, out.output
+    assert "ok" in out and "tmp-ok" in out, out
+    assert "WROTE" not in out, out
     assert (home / "workspaces" / "s-1" / "mine.txt").read_text() == "ok\n"
     assert not (home / "workspaces" / "x").exists() and not Path("/etc/fleetlog-x").exists()
 
@@ -131,7 +132,7 @@ def test_no_network_not_even_this_machines_loopback(home: Path) -> None:
     listener = threading.Thread(target=accept)
     listener.start()
     try:
-        out = shell(
+        out = boxed(
             home,
             f"(echo STOLEN > /dev/tcp/127.0.0.1/{port}) 2>&1; "
             f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), 2)"
@@ -142,13 +143,13 @@ def test_no_network_not_even_this_machines_loopback(home: Path) -> None:
         listener.join()
         server.close()
     assert got == []
-    assert "ConnectionRefusedError" in out.output or "refused" in out.output, out.output
-    assert "gaierror" in out.output, out.output
+    assert "ConnectionRefusedError" in out or "refused" in out, out
+    assert "gaierror" in out, out
 
 
 def test_it_sees_only_its_own_processes(home: Path) -> None:
-    out = shell(home, "ls /proc | grep -c '^[0-9]'")
-    assert int(out.output.splitlines()[1]) < 10  # bwrap's init, the shell, ls, grep
+    out = boxed(home, "ls /proc | grep -c '^[0-9]'")
+    assert int(out.splitlines()[0]) < 10  # bwrap's init, the shell, ls, grep
 
 
 def test_a_timeout_kills_every_process_it_started(home: Path) -> None:
@@ -173,23 +174,22 @@ def test_a_timeout_kills_every_process_it_started(home: Path) -> None:
 
 
 def test_limits_on_file_size_cpu_and_processes(home: Path) -> None:
-    out = shell(
+    out = boxed(
         home,
         "ulimit -f; ulimit -t; head -c 3000000 /dev/zero > big 2>/dev/null; wc -c < big",
         file_bytes=1 << 20,
         cpu_s=7,
     )
-    lines = out.output.splitlines()
-    assert lines[1:3] == ["2048", "7"]  # 512-byte blocks; seconds
-    assert int(lines[3]) <= 1 << 20
+    lines = out.splitlines()
+    assert lines[0:2] == ["2048", "7"]  # 512-byte blocks; seconds
+    assert int(lines[2]) <= 1 << 20
     if ROOT:  # a uid of its own: a fork bomb stops at the limit
-        bomb = shell(
+        bomb = boxed(
             home,
-            "for i in $(seq 80); do sleep 5 & done 2>&1 | grep -c 'fork' ; echo done",
+            "for i in $(seq 80); do sleep 0.5 & done 2>&1 | tail -1; echo done",
             processes=20,
-            timeout_s=3,
         )
-        assert "done" in bomb.output or bomb.is_error
+        assert bomb.splitlines() == ["/bin/sh: 0: Cannot fork", "done"], bomb
 
 
 @pytest.mark.skipif(not ROOT, reason="privileges to drop exist only when fleetlog runs as root")
@@ -302,3 +302,87 @@ def test_sessions_record_the_sandbox_and_fail_closed_without_one(
         "bwrap not found: install bubblewrap"
     )
     assert not (tmp_path / "closed" / "workspaces" / "s-sh" / "seen").exists()
+
+
+# --- Python tools: every exec tool, and any that opts in, runs in the sandbox too ---------------
+
+TOOLS_MODULE = '''
+import os, time
+from fleetlog import tool
+
+@tool(risk="exec")
+def probe_box(ctx, path: str) -> dict:
+    """Read a path, write a file, say who ran it."""
+    try:
+        seen = open(path).read()[:40]
+    except OSError as e:
+        seen = "error: " + (e.strerror or "")
+    with open("made-by-tool.txt", "w") as f:
+        f.write("x")
+    try:
+        open("/etc/fleetlog-tool-x", "w").write("x")
+        outside = "wrote"
+    except OSError as e:
+        outside = e.strerror
+    return {"uid": os.getuid(), "seen": seen, "outside": outside, "cwd": os.getcwd()}
+
+@tool(risk="write", sandbox=True)
+def nap(ctx, seconds: float) -> str:
+    """Sleep, then answer."""
+    time.sleep(seconds)
+    return "rested"
+'''
+
+
+@pytest.fixture
+def tools_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    import importlib
+
+    where = Path(tempfile.mkdtemp(prefix="fleetlog-tools-", dir="/var/tmp"))
+    os.chmod(where, 0o755)
+    (where / "boxed_tools.py").write_text(TOOLS_MODULE)
+    (where / "boxed_tools.py").chmod(0o644)
+    monkeypatch.syspath_prepend(str(where))
+    yield importlib.import_module("boxed_tools")
+    sys.modules.pop("boxed_tools", None)
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def test_an_exec_python_tool_runs_confined(home: Path, tools_module: Any) -> None:
+    import json
+
+    from fleetlog.actors.tools import tool_spec
+
+    spec = tool_spec(tools_module.probe_box)
+    assert spec is not None and spec.confined
+    ctx = _ctx(home)
+    out = asyncio.run(run_tool(spec, {"path": "/etc/shadow"}, ctx, timeout_s=30))
+    assert not out.is_error, out.output
+    result = json.loads(out.output)
+    assert result["uid"] != 0 or not ROOT
+    assert result["seen"].startswith("error: ")
+    assert result["outside"] == "Read-only file system"
+    assert result["cwd"] == str(ctx.workspace)
+    assert (ctx.workspace / "made-by-tool.txt").exists()
+
+
+def test_a_confined_tool_is_stopped_on_timeout(home: Path, tools_module: Any) -> None:
+    from fleetlog.actors.tools import tool_spec
+
+    spec = tool_spec(tools_module.nap)
+    assert spec is not None and spec.confined  # opted in, though not an exec tool
+    ctx = _ctx(home)
+    quick = asyncio.run(run_tool(spec, {"seconds": 0}, ctx, timeout_s=30))
+    assert quick.output == "rested"
+    slow = asyncio.run(run_tool(spec, {"seconds": 30}, ctx, timeout_s=1, grace_s=5))
+    assert slow.is_error and slow.output == "timed out after 1s; the call was stopped"
+
+
+def test_an_exec_tool_cannot_opt_out_of_the_sandbox() -> None:
+    from fleetlog.actors.tools import tool
+
+    with pytest.raises(TypeError, match="always runs in the sandbox"):
+
+        @tool(risk="exec", sandbox=False)
+        def sneaky(ctx: ToolContext) -> str:
+            return "unconfined"

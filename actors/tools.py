@@ -728,6 +728,7 @@ def write_file(ctx: ToolContext, path: str, content: str) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ToolError(f"write_file: cannot create the parent of {_show(path)}: {err}") from None
+    owner = _workspace_owner(ctx.workspace, target.parent)
     try:
         mode = target.stat().st_mode & 0o7777
     except FileNotFoundError:
@@ -739,6 +740,8 @@ def write_file(ctx: ToolContext, path: str, content: str) -> str:
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), mode)
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
@@ -747,6 +750,26 @@ def write_file(ctx: ToolContext, path: str, content: str) -> str:
         raise
     _fsync_dir(target.parent)
     return f"wrote {len(data)} bytes to {_relative(ctx.workspace, target)}"
+
+
+def _workspace_owner(workspace: Path, created: Path) -> tuple[int, int] | None:
+    """Under root, the (uid, gid) a workspace handed to its session's sandbox uid has.
+
+    What fleetlog writes there is given to that uid too, so that the session's own
+    commands can change it (``echo >> notes.md``); ``created`` and the directories
+    above it up to the workspace, if root made them, are given over now.
+    """
+    if os.geteuid() != 0:
+        return None
+    st = os.stat(workspace)
+    if st.st_uid == 0:
+        return None
+    for directory in (created, *created.parents):
+        if directory == workspace or workspace not in directory.parents:
+            break
+        if directory.stat().st_uid == 0:
+            os.chown(directory, st.st_uid, st.st_gid)
+    return st.st_uid, st.st_gid
 
 
 @tool(risk="read", idempotent=True)

@@ -386,3 +386,22 @@ def test_an_exec_tool_cannot_opt_out_of_the_sandbox() -> None:
         @tool(risk="exec", sandbox=False)
         def sneaky(ctx: ToolContext) -> str:
             return "unconfined"
+
+
+def test_files_fleetlog_writes_stay_the_sessions_own(home: Path) -> None:
+    """write_file runs in fleetlog's process (root); the session's commands must still be able
+    to change what it wrote."""
+    if not ROOT:
+        pytest.skip("only root writes files another uid must own")
+    from fleetlog.actors.tools import BUILTIN_TOOLS
+
+    ctx = _ctx(home)
+    first = shell(home, "echo start > notes.md; echo ok")  # the workspace is handed over
+    assert first.output.endswith("ok\n"), first.output
+    write = BUILTIN_TOOLS["write_file"]
+    done = asyncio.run(
+        run_tool(write, {"path": "deep/dir/notes.md", "content": "a\n"}, ctx, timeout_s=10)
+    )
+    assert not done.is_error, done.output
+    appended = shell(home, "echo b >> deep/dir/notes.md && touch deep/new && cat deep/dir/notes.md")
+    assert appended.output == "exit code 0\na\nb\n", appended.output

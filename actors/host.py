@@ -37,7 +37,7 @@ from fleetlog.events.faults import crash_point
 from fleetlog.events.filelog import FileLog
 from fleetlog.events.log import AppendResult
 from fleetlog.events.partitions import indexed_partitions, partition_path
-from fleetlog.events.schema import Envelope, Event, SessionCreated
+from fleetlog.events.schema import BlobRef, Envelope, Event, SessionCreated
 from fleetlog.events.state import TERMINAL
 from fleetlog.projections.service import SessionsView
 
@@ -108,6 +108,10 @@ class _PartitionPort:
     async def read_stream(self, session_id: str) -> list[Envelope]:
         log = self.host.find(session_id)
         return log.read_stream(session_id) if log is not None else []
+
+    async def put_blob(self, session_id: str, data: bytes) -> BlobRef:
+        # Written and fsync'd off the event loop, like an event's large payload.
+        return await asyncio.to_thread(self.host.log_for(session_id).blobs.put, data)
 
 
 class HostCore:

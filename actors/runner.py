@@ -50,6 +50,7 @@ from fleetlog.events.errors import FleetlogError, ModelError, ToolInputError
 from fleetlog.events.faults import crash_point
 from fleetlog.events.log import AppendResult
 from fleetlog.events.schema import (
+    BlobRef,
     CancelRequested,
     Envelope,
     Event,
@@ -81,6 +82,10 @@ class LogPort(Protocol):
     ) -> AppendResult: ...
 
     async def read_stream(self, session_id: str) -> list[Envelope]: ...
+
+    async def put_blob(self, session_id: str, data: bytes) -> BlobRef:
+        """Store ``data`` once, durably, where the session's events can refer to it."""
+        ...
 
 
 class BudgetPort(Protocol):
@@ -564,6 +569,10 @@ class SessionRunner:
             self._tools_estimate = len(json.dumps(tools)) // 4
         return self._tools_estimate
 
+    async def _keep_output(self, data: bytes) -> str:
+        ref = await self.deps.log.put_blob(self.session_id, data)
+        return f"blob sha256:{ref.sha256}"
+
     async def _release_budget(self) -> None:
         """Tell the ledger this session holds nothing now, with its durable spending."""
         budget = self.deps.budget
@@ -642,6 +651,7 @@ class SessionRunner:
             workspace=self.workspace,
             home=self.deps.home,
             sandbox=self.deps.sandbox,
+            keep_output=self._keep_output,
         )
         started = time.perf_counter()
         # run_tool never abandons the call: on timeout or cancel it stops it, or waits

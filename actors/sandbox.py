@@ -137,9 +137,8 @@ class Sandbox:
         # given as read-only (a Python tool's interpreter and modules) come back so.
         made: set[Path] = set()
         for path, how in [*((p, "--ro-bind") for p in read_only), (workspace, "--bind")]:
-            if not any(_below(path, h) for h in hidden):
-                if how == "--ro-bind":
-                    continue  # visible as it is, read-only with the rest of the system
+            if how == "--ro-bind" and not any(_below(path, h) for h in hidden):
+                continue  # visible as it is, read-only with the rest of the system
             for parent in reversed(path.parents):
                 if parent not in made and any(_below(parent, h) for h in hidden):
                     out += ["--perms", "0755", "--dir", str(parent)]

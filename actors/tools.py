@@ -37,7 +37,7 @@ import typing
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from pathlib import Path
@@ -96,6 +96,8 @@ class ToolContext:
     home: Path  # fleet home; the outbox is home / "outbox"
     #: Where exec tools run confined; None only with ``[tools] sandbox = "off"``.
     sandbox: Sandbox | None = None
+    #: Stores a large output whole, once (the log's blob store); returns how to name it.
+    keep_output: Callable[[bytes], Awaitable[str]] | None = None
 
 
 class ToolOutcome(msgspec.Struct, frozen=True):
@@ -846,6 +848,9 @@ async def run_shell(ctx: ToolContext, command: str, timeout_s: float = 30) -> To
         await asyncio.wait_for(_exited(proc), timeout_s)
     except TimeoutError:
         timed_out = True
+    except BaseException:
+        capture.whole.close()  # cancelled: no text() to close it
+        raise
     finally:
         # Runs on success, timeout and cancellation alike: background children die with
         # the command instead of holding the output pipe open and outliving the call.
@@ -859,10 +864,13 @@ async def run_shell(ctx: ToolContext, command: str, timeout_s: float = 30) -> To
                 await reader
     if timed_out:
         return ToolOutcome(
-            output=f"timed out after {timeout_s:g}s; the command was killed\n{capture.text()}",
+            output=f"timed out after {timeout_s:g}s; the command was killed\n"
+            + await capture.text(ctx.keep_output),
             is_error=True,
         )
-    return ToolOutcome(output=f"exit code {proc.returncode}\n{capture.text()}")
+    return ToolOutcome(
+        output=f"exit code {proc.returncode}\n" + await capture.text(ctx.keep_output)
+    )
 
 
 async def _exited(proc: asyncio.subprocess.Process) -> None:
@@ -877,17 +885,29 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+#: The most of one command's output kept whole (as a blob) when the model sees only part.
+MAX_KEPT_OUTPUT_BYTES = 64 << 20
+
+
 class _Capture:
-    """Collects a stream's head and tail, draining it all so the child never blocks."""
+    """Collects a stream's head and tail, draining it all so the child never blocks.
+
+    Everything up to ``MAX_KEPT_OUTPUT_BYTES`` is also spooled aside, so that when
+    the model sees only the head and tail the whole output can be kept once.
+    """
 
     def __init__(self, cap: int) -> None:
         self.half = cap // 2
         self.head = bytearray()
         self.tail = bytearray()
         self.total = 0
+        # Closed by text(), or by run_shell when it is cancelled before it gets there.
+        self.whole: typing.IO[bytes] = tempfile.SpooledTemporaryFile(max_size=cap * 2)  # noqa: SIM115
 
     async def drain(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(65536):
+            if self.total < MAX_KEPT_OUTPUT_BYTES:
+                self.whole.write(chunk[: MAX_KEPT_OUTPUT_BYTES - self.total])
             self.total += len(chunk)
             room = self.half - len(self.head)
             if room > 0:
@@ -897,11 +917,20 @@ class _Capture:
             if len(self.tail) > self.half:
                 del self.tail[: len(self.tail) - self.half]
 
-    def text(self) -> str:
+    async def text(self, keep: Callable[[bytes], Awaitable[str]] | None = None) -> str:
+        """Head and tail; ``keep`` stores the whole output when part of it is left out."""
         text = self.head.decode("utf-8", errors="replace")
         omitted = self.total - len(self.head) - len(self.tail)
         if omitted > 0:
-            text += f"\n[... {omitted} bytes of output omitted ...]\n"
+            note = f"{omitted} bytes of output omitted"
+            if keep is not None:
+                self.whole.seek(0)
+                data = self.whole.read()
+                kept = await keep(data)
+                whole = "the whole output" if len(data) == self.total else "its first bytes"
+                note += f"; {whole} ({len(data)} bytes) is kept as {kept}"
+            text += f"\n[... {note} ...]\n"
+        self.whole.close()
         return text + self.tail.decode("utf-8", errors="replace")
 
 

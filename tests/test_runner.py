@@ -36,6 +36,7 @@ from fleetlog.config import Config, parse_config, parse_task, session_id_for
 from fleetlog.events.filelog import FileLog
 from fleetlog.events.log import AppendResult
 from fleetlog.events.schema import (
+    BlobRef,
     CancelRequested,
     ContextCompacted,
     Envelope,
@@ -1376,6 +1377,9 @@ class HeldLog:
 
     async def read_stream(self, session_id: str) -> list[Envelope]:
         return await self.inner.read_stream(session_id)
+
+    async def put_blob(self, session_id: str, data: bytes) -> BlobRef:
+        return await self.inner.put_blob(session_id, data)
 
 
 def test_statuses_report_only_durable_state(tmp_path: Path) -> None:

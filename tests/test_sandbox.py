@@ -405,3 +405,38 @@ def test_files_fleetlog_writes_stay_the_sessions_own(home: Path) -> None:
     assert not done.is_error, done.output
     appended = shell(home, "echo b >> deep/dir/notes.md && touch deep/new && cat deep/dir/notes.md")
     assert appended.output == "exit code 0\na\nb\n", appended.output
+
+
+def test_a_long_output_is_cut_for_the_model_and_kept_whole_once(tmp_path: Path) -> None:
+    """Head and tail for the model; the whole output once, in the log's blob store."""
+    from test_runner import SCRIPTED_TOML, start_host, stop_host
+
+    from fleetlog.actors.runner import SessionRunner
+    from fleetlog.config import parse_config
+    from fleetlog.events.schema import BlobRef, SessionCreated
+
+    async def scenario() -> tuple[str, bytes]:
+        host = await start_host(tmp_path, parse_config(SCRIPTED_TOML, source="t"))
+        sid = "s-long"
+        await host.log_for(sid).append_async(sid, [SessionCreated(task_id="t", prompt="p")], 0, 0)
+        runner = SessionRunner(sid, host.deps)
+        await runner.load()
+        (tmp_path / "workspaces" / sid).mkdir(parents=True)
+        ctx = ToolContext(
+            sid, "t1", "k", (tmp_path / "workspaces" / sid).resolve(), tmp_path,
+            sandbox=host.deps.sandbox, keep_output=runner._keep_output,
+        )  # fmt: skip
+        command = "seq 1 400000"
+        out = await run_tool(BUILTIN_TOOLS["run_shell"], {"command": command}, ctx, timeout_s=30)
+        digest = out.output.split("blob sha256:")[1].split()[0]
+        size = int(out.output.split("the whole output (")[1].split()[0])
+        data = host.log_for(sid).load_blob(BlobRef(sha256=digest, size=size))
+        await stop_host(host)
+        return out.output, data
+
+    output, whole = asyncio.run(scenario())
+    expected = "".join(f"{i}\n" for i in range(1, 400001)).encode()
+    assert whole == expected
+    assert output.startswith("exit code 0\n1\n2\n") and output.endswith("399999\n400000\n")
+    assert f"the whole output ({len(expected)} bytes) is kept as blob sha256:" in output
+    assert len(output) < 100_000

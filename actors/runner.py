@@ -608,7 +608,11 @@ class SessionRunner:
                     f"because the sandbox cannot start here: {why}",
                 )
             ]
-        vetting = vet(spec, kwargs, self.deps.policy, self.workspace)
+        # Code the text cannot be read for runs confined without a prompt when the
+        # sandbox is on; with it off, it needs review.
+        vetting = vet(
+            spec, kwargs, self.deps.policy, self.workspace, sandboxed=self.deps.sandbox is not None
+        )
         events: list[Event] = [
             ToolCallVetted(
                 call_id=call_id,

@@ -815,7 +815,7 @@ async def run_shell(ctx: ToolContext, command: str, timeout_s: float = 30) -> To
     # cannot run even if a caller skipped it. Imported here: safety imports this module.
     from fleetlog.actors.safety import check_shell  # noqa: PLC0415
 
-    verdict = check_shell(command, ctx.workspace)
+    verdict = check_shell(command, ctx.workspace, sandboxed=ctx.sandbox is not None)
     if verdict.verdict == "deny":
         raise ToolRefused("run_shell", verdict.reason)
     if not 0 < timeout_s <= 3600:

@@ -152,6 +152,7 @@ class HostCore:
             keep_recent_turns=config.context.keep_recent_turns,
         )
         self.deps.sandbox, self.deps.sandbox_state = sandbox_for(config, home)
+        self.deps.network_for = lambda agent: tuple(config.agent(agent).network)
         self.runners: dict[str, SessionRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}

@@ -138,6 +138,8 @@ class RunnerDeps:
     sandbox: Sandbox | None = None
     #: "on", "off" (the operator's explicit choice) or "unavailable: <why>" (fail closed).
     sandbox_state: str = "off"
+    #: The hosts an agent type's confined tools may reach (``[agents.*] network``).
+    network_for: Callable[[str], tuple[str, ...]] = lambda _agent: ()
 
 
 @dataclass(frozen=True)
@@ -655,6 +657,7 @@ class SessionRunner:
             workspace=self.workspace,
             home=self.deps.home,
             sandbox=self.deps.sandbox,
+            network=self.deps.network_for(self.state.session.agent_type),
             keep_output=self._keep_output,
         )
         started = time.perf_counter()

@@ -29,12 +29,13 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Limits", "Sandbox", "SandboxUnavailable", "probe"]
+__all__ = ["Limits", "Sandbox", "SandboxUnavailable", "probe", "python_paths"]
 
 #: Where the per-session uids of a root fleet start, and how many there are.
 UID_BASE = 200_000
@@ -176,6 +177,17 @@ def _hand_over(workspace: Path, uid: int) -> None:
         for name in (*dirs, *files):
             os.lchown(os.path.join(root, name), uid, uid)
     os.chown(workspace, uid, uid)
+
+
+def python_paths() -> tuple[str, list[Path]]:
+    """This interpreter's module path (for ``PYTHONPATH``) and what a sandbox must bind
+    read-only for it to run there: it may live under an emptied directory (/root, /tmp)."""
+    # "" on sys.path is the current directory: a tools module found there must be too.
+    paths = [os.path.abspath(p or ".") for p in sys.path if os.path.isdir(p or ".")]
+    interpreter = Path(os.path.realpath(sys.executable))
+    read_only = {Path(p).resolve() for p in [*paths, sys.prefix, sys.base_prefix]}
+    read_only.add(interpreter.parent)
+    return os.pathsep.join(paths), sorted(read_only)
 
 
 @functools.cache

@@ -45,7 +45,8 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from fleetlog.actors.sandbox import Sandbox
+from fleetlog.actors.egress import EgressProxy
+from fleetlog.actors.sandbox import Sandbox, python_paths
 from fleetlog.events.errors import ToolError, ToolInputError, ToolRefused
 from fleetlog.events.faults import crash_point
 
@@ -96,6 +97,8 @@ class ToolContext:
     home: Path  # fleet home; the outbox is home / "outbox"
     #: Where exec tools run confined; None only with ``[tools] sandbox = "off"``.
     sandbox: Sandbox | None = None
+    #: Hosts a confined call may reach through the egress proxy (``egress.py``); none: none.
+    network: tuple[str, ...] = ()
     #: Stores a large output whole, once (the log's blob store); returns how to name it.
     keep_output: Callable[[bytes], Awaitable[str]] | None = None
 
@@ -440,19 +443,14 @@ async def _call_confined(
             "home": str(ctx.home),
         }
     )
-    # "" on sys.path is the current directory: a tools module found there must be too.
-    paths = [os.path.abspath(p or ".") for p in sys.path if os.path.isdir(p or ".")]
+    pythonpath, read_only = python_paths()
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": str(ctx.workspace),
         "LANG": "C.UTF-8",
-        "PYTHONPATH": os.pathsep.join(paths),
+        "PYTHONPATH": pythonpath,
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    interpreter = Path(os.path.realpath(sys.executable))
-    read_only = sorted(
-        {Path(p).resolve() for p in [*paths, sys.prefix, sys.base_prefix]} | {interpreter.parent}
-    )
     uid = await asyncio.to_thread(sandbox.uid_for, ctx.workspace, ctx.session_id)
     argv = sandbox.argv(
         [sys.executable, "-m", "fleetlog.actors._confined"],
@@ -827,10 +825,31 @@ async def run_shell(ctx: ToolContext, command: str, timeout_s: float = 30) -> To
         "TERM": "dumb",
     }
     argv = ["/bin/sh", "-c", command]
-    if ctx.sandbox is not None:
-        # First use under root may hand the workspace to the session's uid: a tree walk.
-        uid = await asyncio.to_thread(ctx.sandbox.uid_for, ctx.workspace, ctx.session_id)
-        argv = ctx.sandbox.argv(argv, workspace=ctx.workspace, uid=uid, env=env)
+    if ctx.sandbox is None:
+        return await _shell(argv, ctx, env, timeout_s)
+    # First use under root may hand the workspace to the session's uid: a tree walk.
+    uid = await asyncio.to_thread(ctx.sandbox.uid_for, ctx.workspace, ctx.session_id)
+    if not ctx.network:
+        boxed = ctx.sandbox.argv(argv, workspace=ctx.workspace, uid=uid, env=env)
+        return await _shell(boxed, ctx, env, timeout_s)
+    # The agent may reach some hosts: through this call's proxy, and nowhere else.
+    async with EgressProxy(ctx.network) as proxy:
+        pythonpath, read_only = python_paths()
+        relay = [sys.executable, "-m", "fleetlog.actors._egress_relay", str(proxy.socket), "--"]
+        boxed = ctx.sandbox.argv(
+            [*relay, *argv],
+            workspace=ctx.workspace,
+            uid=uid,
+            env={**env, "PYTHONPATH": pythonpath},
+            read_only=[*read_only, proxy.dir],
+        )
+        return await _shell(boxed, ctx, env, timeout_s)
+
+
+async def _shell(
+    argv: list[str], ctx: ToolContext, env: dict[str, str], timeout_s: float
+) -> ToolOutcome:
+    """Run ``argv`` (a shell, confined or not) and report its exit code and output."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=ctx.workspace,

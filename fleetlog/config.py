@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
+from fleetlog.actors.egress import check_entry
 from fleetlog.events.errors import ConfigError, TaskFileError
 from fleetlog.events.schema import Limits
 
@@ -149,7 +150,8 @@ class AgentConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     tools: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_TOOLS))
     model: str | None = None
     limits: LimitOverrides = LimitOverrides()
-    #: Hosts its sandboxed tools may reach. Only [] (no network) is supported so far.
+    #: Hosts its sandboxed tools may reach through the egress proxy (``actors/egress.py``):
+    #: ``host`` (ports 80, 443), ``host:port`` or ``*.domain[:port]``. Empty: no network.
     network: list[str] = []
 
 
@@ -346,12 +348,10 @@ def _build_config(doc: dict[str, Any], source: str) -> Config:
             if tool in seen:
                 raise fail(f"{label} tools lists `{tool}` twice")
             seen.add(tool)
-        if agent.network:
-            # Refused rather than accepted and ignored: the sandbox has no network path yet.
-            raise fail(
-                f"{label} network: granting sandboxed tools network access is not supported "
-                "yet; leave it empty (no network)"
-            )
+        for i, entry in enumerate(agent.network):
+            problem = check_entry(entry)
+            if problem:
+                raise fail(f"{label} network[{i}] {problem}")
 
     policy: PolicyConfig | None = None
     if "policy" in doc:

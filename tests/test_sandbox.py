@@ -440,3 +440,96 @@ def test_a_long_output_is_cut_for_the_model_and_kept_whole_once(tmp_path: Path) 
     assert output.startswith("exit code 0\n1\n2\n") and output.endswith("399999\n400000\n")
     assert f"the whole output ({len(expected)} bytes) is kept as blob sha256:" in output
     assert len(output) < 100_000
+
+
+# --- network: the allowed hosts only, through the egress proxy ----------------------------------
+
+
+class _Origin:
+    """An HTTP server on this machine's loopback standing in for an allowed host."""
+
+    def __init__(self, body: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_only_the_hosts_an_agent_is_granted_are_reachable(home: Path) -> None:
+    import dataclasses
+
+    allowed_origin, other_origin = _Origin(b"PACKAGE-INDEX"), _Origin(b"ATTACKER")
+    try:
+        ctx = dataclasses.replace(_ctx(home), network=(f"localhost:{allowed_origin.port}",))
+        fetch = (
+            "import sys, urllib.request\n"
+            "for url in sys.argv[1:]:\n"
+            "    try:\n"
+            "        print(url, urllib.request.urlopen(url, timeout=5).read().decode())\n"
+            "    except Exception as e:\n"
+            "        print(url, 'FAILED', type(e).__name__, getattr(e, 'code', ''))\n"
+        )
+        (ctx.workspace / "fetch.py").write_text(fetch)
+        command = (
+            f"python3 fetch.py http://localhost:{allowed_origin.port}/simple "
+            f"http://localhost:{other_origin.port}/ http://127.0.0.1:{allowed_origin.port}/; "
+            f"env -u HTTP_PROXY -u http_proxy python3 fetch.py "
+            f"http://localhost:{allowed_origin.port}/direct"
+        )
+        out = asyncio.run(
+            run_tool(BUILTIN_TOOLS["run_shell"], {"command": command}, ctx, timeout_s=60)
+        )
+    finally:
+        allowed_origin.close()
+        other_origin.close()
+    lines = out.output.splitlines()
+    assert lines[0] == "exit code 0", out.output
+    assert lines[1] == f"http://localhost:{allowed_origin.port}/simple PACKAGE-INDEX"
+    assert lines[2] == f"http://localhost:{other_origin.port}/ FAILED HTTPError 403"
+    assert lines[3] == f"http://127.0.0.1:{allowed_origin.port}/ FAILED HTTPError 403"
+    # Without the proxy there is no network at all.
+    assert lines[4].startswith(f"http://localhost:{allowed_origin.port}/direct FAILED URLError")
+    assert "ATTACKER" not in out.output
+
+
+def test_allow_list_entries() -> None:
+    from fleetlog.actors.egress import allowed, check_entry
+
+    hosts = ["pypi.org", "*.github.com:443", "files.example.com:8080"]
+    assert allowed(hosts, "pypi.org", 443) and allowed(hosts, "PyPI.org.", 80)
+    assert not allowed(hosts, "pypi.org", 22)
+    assert allowed(hosts, "api.github.com", 443) and not allowed(hosts, "github.com", 443)
+    assert not allowed(hosts, "api.github.com", 80)
+    assert allowed(hosts, "files.example.com", 8080) and not allowed(hosts, "example.com", 8080)
+    assert not allowed(hosts, "pypi.org.evil.com", 443)
+    assert check_entry("pypi.org") is None and check_entry("*.github.com:443") is None
+    assert check_entry("http://pypi.org") is not None and check_entry("a:99999") is not None
+
+
+def test_network_config_is_checked_in_one_line() -> None:
+    from fleetlog.config import parse_config
+    from fleetlog.events.errors import ConfigError
+
+    config = parse_config('[agents.dev]\nnetwork = ["pypi.org", "*.github.com:443"]\n')
+    assert config.agent("dev").network == ["pypi.org", "*.github.com:443"]
+    assert config.agent("other").network == []
+    with pytest.raises(ConfigError, match=r"\[agents.dev\] network\[1\] must be host"):
+        parse_config('[agents.dev]\nnetwork = ["pypi.org", "https://x.org/"]\n')
+    with pytest.raises(ConfigError, match="sandbox"):
+        parse_config('[tools]\nsandbox = "maybe"\n')

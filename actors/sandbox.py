@@ -130,9 +130,14 @@ class Sandbox:
         hidden = [Path("/tmp"), Path("/root"), Path("/home"), Path("/run")]
         for path in hidden[1:]:
             out += ["--tmpfs", str(path)]
-        if not any(_below(self.home, h) or self.home == h for h in hidden):
-            out += ["--tmpfs", str(self.home)]
-            hidden.append(self.home)
+        # /var/tmp becomes private scratch too, and the fleet home and the home of the
+        # user running fleetlog (wherever they are) become empty.
+        out += ["--perms", "1777", "--tmpfs", "/var/tmp"]
+        hidden.append(Path("/var/tmp"))
+        for private in (self.home, _user_home()):
+            if private is not None and not any(_below(private, h) or private == h for h in hidden):
+                out += ["--tmpfs", str(private)]
+                hidden.append(private)
         # Paths keep their names; their parents inside an emptied directory are made
         # (traversable) so that absolute paths and HOME work in there too. Paths
         # given as read-only (a Python tool's interpreter and modules) come back so.
@@ -146,6 +151,9 @@ class Sandbox:
                     made.add(parent)
             out += [how, str(path), str(path)]
             made.add(path)
+        # Tools that look their user up by uid (whoami, ssh-keygen, git) find one.
+        passwd, group = _identity_files(uid, workspace)
+        out += ["--ro-bind", str(passwd), "/etc/passwd", "--ro-bind", str(group), "/etc/group"]
         ws = str(workspace)
         out += ["--chdir", ws, "--clearenv"]
         for key, value in env.items():
@@ -164,6 +172,41 @@ class Sandbox:
         if root:  # only a uid of its own makes a process count meaningful
             out.append(f"--nproc={limits.processes}")
         return [*out, "--", *command]
+
+
+def _user_home() -> Path | None:
+    """The home of the user running fleetlog, unless it is the root directory."""
+    try:
+        home = Path.home().resolve()
+    except (KeyError, RuntimeError):
+        return None
+    return home if home != Path("/") else None
+
+
+def _identity_files(uid: int, workspace: Path) -> tuple[Path, Path]:
+    """/etc/passwd and /etc/group as the sandbox sees them: this system's, plus the
+    sandbox's uid (named ``fleetlog``, its home the workspace) where the system has none.
+
+    Written once per (uid, workspace) under the temp directory, atomically.
+    """
+    key = hashlib.blake2b(f"{uid}\0{workspace}".encode(), digest_size=8).hexdigest()
+    root = Path(tempfile.gettempdir()) / "fleetlog-sandbox-etc"
+    passwd, group = root / f"passwd-{key}", root / f"group-{key}"
+    if passwd.exists() and group.exists():
+        return passwd, group
+    root.mkdir(mode=0o755, exist_ok=True)
+    users = Path("/etc/passwd").read_text(errors="replace")
+    groups = Path("/etc/group").read_text(errors="replace")
+    if not any(line.split(":")[2:3] == [str(uid)] for line in users.splitlines()):
+        users += f"fleetlog:x:{uid}:{uid}:fleetlog sandbox:{workspace}:/bin/sh\n"
+    if not any(line.split(":")[2:3] == [str(uid)] for line in groups.splitlines()):
+        groups += f"fleetlog:x:{uid}:\n"
+    for path, text in ((passwd, users), (group, groups)):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        os.replace(tmp, path)
+    return passwd, group
 
 
 def _below(path: Path, root: Path) -> bool:

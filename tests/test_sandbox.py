@@ -5,7 +5,7 @@ host gives it) and checks what it could not do: read ``/etc/shadow``, see a home
 directory, the fleet's log or another session's workspace, write outside its
 workspace, reach a listener on this machine's loopback, outlive its timeout,
 exceed its limits, regain privileges. The fleet home lives outside /tmp here
-(``/var/tmp``), so that hiding it is the sandbox's doing, not /tmp's.
+(``/var/lib``), so that hiding it is the sandbox's doing, not /tmp's.
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ from fleetlog.actors.sandbox import Limits, Sandbox, probe
 from fleetlog.actors.tools import BUILTIN_TOOLS, ToolContext, ToolOutcome, run_tool
 
 ROOT = os.geteuid() == 0
+#: Where the test's fleet homes live: not under a directory the sandbox empties anyway
+#: (/tmp, /var/tmp, homes), so that hiding them is the fleet-home rule's doing.
+OUTSIDE = "/var/lib" if os.access("/var/lib", os.W_OK) else "/var/tmp"
 
 
 @pytest.fixture
 def home() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="fleetlog-sbx-", dir="/var/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="fleetlog-sbx-", dir=OUTSIDE))
     os.chmod(path, 0o755)
     (path / "log").mkdir()
     (path / "log" / "secret-log.txt").write_text("CANARY-LOG")
@@ -73,8 +76,9 @@ def boxed(home: Path, command: str, **limits: int) -> str:
 
 
 def test_it_runs_as_an_unprivileged_uid_that_cannot_read_shadow(home: Path) -> None:
-    out = boxed(home, "id -u; cat /etc/shadow; echo rc=$?")
+    out = boxed(home, "id -u; cat /etc/shadow; echo rc=$?; whoami")
     assert int(out.splitlines()[0]) != 0
+    assert out.splitlines()[2] == "fleetlog"  # a name to look up (ssh-keygen, git need one)
     assert "Permission denied" in out and "rc=1" in out
     assert "root:" not in out
 
@@ -83,14 +87,15 @@ def test_only_the_workspace_is_writable(home: Path) -> None:
     out = boxed(
         home,
         "echo ok > mine.txt && cat mine.txt; "
-        "for t in /etc/fleetlog-x /usr/local/bin/x ../x ../../x /var/tmp/x; do "
+        "for t in /etc/fleetlog-x /usr/local/bin/x ../x ../../x /var/lib/x; do "
         "  (echo x > $t) 2>/dev/null && echo WROTE $t; done; "
-        "echo x > /tmp/scratch && echo tmp-ok",
+        "echo x > /tmp/scratch && echo x > /var/tmp/fleetlog-scratch && echo tmp-ok",
     )
     assert "ok" in out and "tmp-ok" in out, out
     assert "WROTE" not in out, out
     assert (home / "workspaces" / "s-1" / "mine.txt").read_text() == "ok\n"
     assert not (home / "workspaces" / "x").exists() and not Path("/etc/fleetlog-x").exists()
+    assert not Path("/var/tmp/fleetlog-scratch").exists()  # private scratch, gone with it
 
 
 def test_homes_the_fleet_home_and_other_sessions_are_absent(home: Path) -> None:
@@ -338,7 +343,7 @@ def nap(ctx, seconds: float) -> str:
 def tools_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     import importlib
 
-    where = Path(tempfile.mkdtemp(prefix="fleetlog-tools-", dir="/var/tmp"))
+    where = Path(tempfile.mkdtemp(prefix="fleetlog-tools-", dir=OUTSIDE))
     os.chmod(where, 0o755)
     (where / "boxed_tools.py").write_text(TOOLS_MODULE)
     (where / "boxed_tools.py").chmod(0o644)

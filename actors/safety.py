@@ -1419,12 +1419,12 @@ def _package_install(name: str, texts: list[str]) -> str | None:
         "conda",
         "mamba",
         "snap",
-    ) and sub in (
-        "install",
-        "add",
-    ):
+    ) and sub in ("install", "add", "remove", "purge", "erase", "autoremove", "del", "uninstall"):
         return name
     return None
+
+
+_SIGNALLERS = frozenset({"kill", "pkill", "killall", "skill", "snice", "renice"})
 
 
 def _needs_review(name: str, texts: list[str]) -> _Hit | None:
@@ -1441,7 +1441,13 @@ def _needs_review(name: str, texts: list[str]) -> _Hit | None:
             return "ask", f"git {sub} reaches the network", "builtin:network"
     installer = _package_install(name, texts)
     if installer:
-        return "ask", f"{installer} installs packages", "builtin:package-install"
+        removes = {"remove", "purge", "erase", "autoremove", "del", "uninstall"} & set(texts)
+        verb = "removes" if removes else "installs"
+        return "ask", f"{installer} {verb} packages", "builtin:package-install"
+    if name in _SIGNALLERS:
+        # In the sandbox it sees (and can signal) only its own processes; outside it, the
+        # fleet's own processes are within reach.
+        return "box", f"{name} signals processes", "builtin:signal"
     return None
 
 

@@ -690,3 +690,25 @@ TABLES = {
 def test_table_sizes() -> None:
     sizes = {name: len(table) for name, table in TABLES.items()}
     assert all(n >= 10 for n in sizes.values()), sizes
+
+
+@pytest.mark.parametrize(
+    ("command", "boxed", "unboxed"),
+    [
+        ("killall -9 python3", "allow", "ask"),
+        ("pkill -9 -u root", "allow", "ask"),
+        ("kill -TERM $PPID", "allow", "ask"),
+        ("renice -n 5 -p 1234", "allow", "ask"),
+        ("apt-get remove -y python3", "ask", "ask"),
+        ("apt purge nginx", "ask", "ask"),
+    ],
+)
+def test_signals_and_package_removal(
+    command: str, boxed: str, unboxed: str, tmp_path: Path
+) -> None:
+    """In the sandbox a signal reaches only the sandbox's own processes; outside it, the
+    fleet's own. Removing system packages is asked like installing them."""
+    from fleetlog.actors.safety import check_shell
+
+    assert check_shell(command, tmp_path, sandboxed=True).verdict == boxed
+    assert check_shell(command, tmp_path, sandboxed=False).verdict == unboxed

@@ -339,6 +339,12 @@ class Fleet:
         runtime_env: dict[str, Any] | None = None,
         host_scheduling: Any = None,
     ) -> Fleet:
+        if config.fleet.log != "file":
+            # Refused, never ignored: hosts write FileLog partitions until the shared log
+            # (events/pglog.py) is wired into the fleet.
+            raise FleetlogError(
+                '[fleet] log: the PostgreSQL log is not wired into the fleet yet; use "file"'
+            )
         home = home.resolve()
         (home / "log").mkdir(parents=True, exist_ok=True)
         namespace = namespace_for(home)

@@ -472,6 +472,11 @@ async def _call_confined(
         out, err = await proc.communicate(request)
     finally:
         _kill_group(proc.pid)  # on cancel or timeout too: nothing it started survives
+        if proc.returncode is None:
+            # Reaped here, not left to the garbage collector (a cancelled communicate()
+            # leaves the killed process and its pipes behind).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.shield(asyncio.wait_for(proc.wait(), 10))
     lines = out.decode(errors="replace").strip().splitlines()
     if proc.returncode != 0 or not lines:
         detail = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]

@@ -64,8 +64,8 @@ from .errors import (
     LogError,
     LogLockedError,
 )
-from .log import AppendResult
-from .schema import EVENT_TYPES, BlobRef, Envelope, Event, UnknownEvent
+from .log import _WITH_BLOB_FIELDS, AppendResult, check_append
+from .schema import BlobRef, Envelope, Event
 
 __all__ = [
     "FileLog",
@@ -80,8 +80,6 @@ __all__ = [
     "zeros_to_end",
 ]
 
-_APPENDABLE: Final = frozenset(t for t in EVENT_TYPES if t is not UnknownEvent)
-_WITH_BLOB_FIELDS: Final = frozenset(t for t in _APPENDABLE if t.blob_fields)
 
 DEFAULT_SEGMENT_BYTES: Final = 64 * 1024 * 1024
 _SEG_SHIFT: Final = 40  # an address is segment number << 40 | byte offset
@@ -673,20 +671,7 @@ class FileLog:
         """Validate an append's arguments; True when some payload must go to the blob store."""
         if self.readonly:
             raise LogClosedError(str(self.path), "opened read-only")
-        if not isinstance(session_id, str) or not session_id:
-            raise ValueError("session_id must be a non-empty string")
-        if len(session_id) > 0x3FFF and len(session_id.encode()) > 0xFFFF:
-            raise ValueError("session_id is longer than 65535 bytes")
-        if not events:
-            raise ValueError("append needs at least one event")
-        if expected_seq < 0 or (epoch is not None and epoch < 0):
-            raise ValueError("expected_seq and epoch must not be negative")
-        # Checked per type, not per event: appends of hundreds of events are common.
-        types = set(map(type, events))
-        if not types <= _APPENDABLE:
-            bad = next(e for e in events if type(e) not in _APPENDABLE)
-            raise TypeError(f"not an appendable event: {bad!r}")
-        if types.isdisjoint(_WITH_BLOB_FIELDS):
+        if not check_append(session_id, events, expected_seq, epoch):
             return False
         would = self.blobs.would_externalize
         return any(would(e) for e in events if type(e) in _WITH_BLOB_FIELDS)

@@ -12,9 +12,35 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from .schema import BlobRef, Envelope, Event
+from .schema import EVENT_TYPES, BlobRef, Envelope, Event, UnknownEvent
 
-__all__ = ["AppendResult", "EventLog", "follow"]
+__all__ = ["AppendResult", "EventLog", "check_append", "follow"]
+
+_APPENDABLE = frozenset(t for t in EVENT_TYPES if t is not UnknownEvent)
+_WITH_BLOB_FIELDS = frozenset(t for t in _APPENDABLE if t.blob_fields)
+
+
+def check_append(
+    session_id: str, events: Sequence[Event], expected_seq: int, epoch: int | None
+) -> bool:
+    """Validate an append's arguments the same way in every backend.
+
+    True when some event has fields a backend may move to its blob store.
+    """
+    if not isinstance(session_id, str) or not session_id:
+        raise ValueError("session_id must be a non-empty string")
+    if len(session_id) > 0x3FFF and len(session_id.encode()) > 0xFFFF:
+        raise ValueError("session_id is longer than 65535 bytes")
+    if not events:
+        raise ValueError("append needs at least one event")
+    if expected_seq < 0 or (epoch is not None and epoch < 0):
+        raise ValueError("expected_seq and epoch must not be negative")
+    # Checked per type, not per event: appends of hundreds of events are common.
+    types = set(map(type, events))
+    if not types <= _APPENDABLE:
+        bad = next(e for e in events if type(e) not in _APPENDABLE)
+        raise TypeError(f"not an appendable event: {bad!r}")
+    return not types.isdisjoint(_WITH_BLOB_FIELDS)
 
 
 class AppendResult(msgspec.Struct, frozen=True):

@@ -81,16 +81,14 @@ from .errors import (
     LogClosedError,
     LogError,
 )
-from .log import AppendResult
-from .schema import EVENT_TYPES, BlobRef, Envelope, Event, UnknownEvent
+from .log import AppendResult, check_append
+from .schema import BlobRef, Envelope, Event
 
 __all__ = ["SCHEMA_VERSION", "PostgresLog"]
 
 SCHEMA_VERSION: Final = 1
 CHANNEL: Final = "fleetlog_events"
 
-_APPENDABLE: Final = frozenset(t for t in EVENT_TYPES if t is not UnknownEvent)
-_WITH_BLOB_FIELDS: Final = frozenset(t for t in _APPENDABLE if t.blob_fields)
 _encoder: Final = msgspec.msgpack.Encoder()
 
 T = TypeVar("T")
@@ -141,25 +139,6 @@ def _where(dsn: str) -> str:
     port = params.get("port") or "5432"
     db = params.get("dbname") or params.get("user") or "postgres"
     return f"{host}:{port}/{db}"
-
-
-def _check_args(
-    session_id: str, events: Sequence[Event], expected_seq: int, epoch: int | None
-) -> bool:
-    """Validate an append's arguments like FileLog; True when some payload may go to blobs."""
-    if not isinstance(session_id, str) or not session_id:
-        raise ValueError("session_id must be a non-empty string")
-    if len(session_id) > 0x3FFF and len(session_id.encode()) > 0xFFFF:
-        raise ValueError("session_id is longer than 65535 bytes")
-    if not events:
-        raise ValueError("append needs at least one event")
-    if expected_seq < 0 or (epoch is not None and epoch < 0):
-        raise ValueError("expected_seq and epoch must not be negative")
-    types = set(map(type, events))
-    if not types <= _APPENDABLE:
-        bad = next(e for e in events if type(e) not in _APPENDABLE)
-        raise TypeError(f"not an appendable event: {bad!r}")
-    return not types.isdisjoint(_WITH_BLOB_FIELDS)
 
 
 class _PgBlobs(BlobStore):
@@ -357,7 +336,7 @@ class PostgresLog:
     ) -> AppendResult:
         if self._closed:
             raise self._closed_error()
-        if _check_args(session_id, events, expected_seq, epoch):
+        if check_append(session_id, events, expected_seq, epoch):
             events = [self.blobs.externalize(e) if e.blob_fields else e for e in events]
         try:
             payloads = [(type(e).__name__, _encoder.encode(e)) for e in events]

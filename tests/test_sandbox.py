@@ -213,9 +213,8 @@ def test_no_way_back_to_root(home: Path) -> None:
     assert "PermissionError" in out
 
 
+@pytest.mark.skipif(not ROOT, reason="only root can make a workspace another user's")
 def test_a_workspace_owned_by_a_user_runs_as_that_user(home: Path) -> None:
-    if not ROOT:
-        pytest.skip("only root can make a workspace another user's")
     workspace = home / "workspaces" / "s-1"
     workspace.mkdir(parents=True)
     os.chown(workspace, 4242, 4242)
@@ -224,9 +223,8 @@ def test_a_workspace_owned_by_a_user_runs_as_that_user(home: Path) -> None:
     assert (workspace / "made").stat().st_uid == 4242
 
 
+@pytest.mark.skipif(not ROOT, reason="uids of their own need root")
 def test_a_fresh_session_workspace_is_handed_to_its_own_uid(home: Path) -> None:
-    if not ROOT:
-        pytest.skip("uids of their own need root")
     box = Sandbox.find(home)
     a, b = home / "workspaces" / "a", home / "workspaces" / "b"
     for ws in (a, b):
@@ -397,11 +395,10 @@ def test_an_exec_tool_cannot_opt_out_of_the_sandbox() -> None:
             return "unconfined"
 
 
+@pytest.mark.skipif(not ROOT, reason="only root writes files another uid must own")
 def test_files_fleetlog_writes_stay_the_sessions_own(home: Path) -> None:
     """write_file runs in fleetlog's process (root); the session's commands must still be able
     to change what it wrote."""
-    if not ROOT:
-        pytest.skip("only root writes files another uid must own")
     from fleetlog.actors.tools import BUILTIN_TOOLS
 
     ctx = _ctx(home)

@@ -35,8 +35,7 @@ from fleetlog.actors.runner import Command
 from fleetlog.config import Config, Task
 from fleetlog.events.errors import FleetlogError
 from fleetlog.events.schema import Envelope, SessionCreated
-from fleetlog.events.tail import LogTail
-from fleetlog.projections.projector import partitions
+from fleetlog.events.source import LogSource, iter_tail, log_spec, source_of
 from fleetlog.projections.service import ProjectionService, SessionsView
 
 __all__ = ["Fleet", "namespace_for", "FLEET_FILE", "seed_ledger", "session_event"]
@@ -64,15 +63,9 @@ def session_event(config: Config, task: Task, session_id: str) -> SessionCreated
     )
 
 
-def _tail(home: Path, view: SessionsView | None) -> Iterator[tuple[int, list[Envelope]]]:
+def _tail(source: LogSource, view: SessionsView | None) -> Iterator[tuple[int, list[Envelope]]]:
     """``(partition, batch)`` of every event the view does not cover yet (or of all)."""
-    done = view.checkpoints if view is not None else {}
-    for index, path in partitions(home):
-        tail = LogTail(path)
-        position = done.get(index, 0) + 1
-        while batch := tail.read(position, 50_000):
-            yield index, batch
-            position = batch[-1].position + 1
+    return iter_tail(source, view.checkpoints if view is not None else None)
 
 
 async def _sessions_view(projector: Any) -> SessionsView | None:
@@ -89,8 +82,8 @@ async def _sessions_view(projector: Any) -> SessionsView | None:
 class _ProjectorActor:
     """Thin: the ProjectionService does the work, in threads (DuckDB releases the GIL)."""
 
-    def __init__(self, home: str) -> None:
-        self.service = ProjectionService(Path(home))
+    def __init__(self, home: str, log: str) -> None:
+        self.service = ProjectionService(Path(home), source=source_of(Path(home), log))
         self.service.start()
 
     async def ping(self) -> bool:
@@ -115,9 +108,9 @@ class _ProjectorActor:
 class _LedgerActor:
     """Fleet-wide budgets: rebuilt from the projections plus the log's tail, on first use."""
 
-    def __init__(self, budgets: dict[str, Budget], home: str, namespace: str) -> None:
+    def __init__(self, budgets: dict[str, Budget], home: str, namespace: str, log: str) -> None:
         self.ledger = Ledger(budgets)
-        self.home = Path(home)
+        self.source = source_of(Path(home), log)
         self.namespace = namespace
         self._built = False
         self._building = asyncio.Lock()
@@ -129,7 +122,7 @@ class _LedgerActor:
                 view = await _sessions_view(_projector_handle(self.namespace))
                 if view is not None:
                     seed_ledger(self.ledger, view)
-                for _partition, batch in _tail(self.home, view):
+                for _partition, batch in _tail(self.source, view):
                     self.ledger.fold(batch)
                 self._built = True
 
@@ -201,14 +194,32 @@ class _HostActor:
     """Thin: every call first makes sure a (re)started host owns its partitions and resumed."""
 
     def __init__(
-        self, index: int, hosts: int, home: str, config: Config, ledger: Any, namespace: str
+        self,
+        index: int,
+        hosts: int,
+        home: str,
+        config: Config,
+        ledger: Any,
+        namespace: str,
+        log: str,
     ) -> None:
         budget = _LedgerPort(ledger) if ledger is not None else None
 
         async def view() -> SessionsView | None:
             return await _sessions_view(_projector_handle(namespace))
 
-        self.core = HostCore(index, hosts, Path(home), config, budget, sessions_view=view)
+        # With a shared log a host may run on any node: what it keeps on disk (workspaces
+        # unless [fleet] workspaces, sandbox scratch) goes to that node's own directory.
+        local = Path(os.environ.get("FLEETLOG_NODE_HOME") or home)
+        self.core = HostCore(
+            index,
+            hosts,
+            local,
+            config,
+            budget,
+            sessions_view=view,
+            source=source_of(Path(home), log),
+        )
         # Started, or restarted by Ray after a crash: resume this host's sessions now,
         # not when some call happens to reach it. Asked of itself, as a queued call.
         with contextlib.suppress(Exception):
@@ -256,14 +267,14 @@ class _Dispatcher:
     having it, falls back to asking every host.
     """
 
-    def __init__(self, namespace: str, hosts: int, home: str) -> None:
+    def __init__(self, namespace: str, hosts: int, home: str, log: str) -> None:
         # Looked up by name rather than passed in: handles as constructor
         # arguments would live in the object store and could be lost on restart.
         self.hosts = [
             ray.get_actor(f"fleetlog-host-{i}", namespace=namespace) for i in range(hosts)
         ]
         self.namespace = namespace
-        self.home = Path(home)
+        self.source = source_of(Path(home), log)
         self.directory: dict[str, int] | None = None
         self._building = asyncio.Lock()
 
@@ -272,16 +283,18 @@ class _Dispatcher:
             if self.directory is None:
                 view = await _sessions_view(_projector_handle(self.namespace))
                 found = {row[0]: row[1] for row in view.sessions} if view is not None else {}
-                for index, batch in _tail(self.home, view):
+                for index, batch in _tail(self.source, view):
                     for env in batch:
                         found.setdefault(env.session_id, index)
-                self.directory = found
+                # session -> the host that runs it (its partition's, or its hash's)
+                hosts = len(self.hosts)
+                self.directory = {sid: self.source.owner(sid, p, hosts) for sid, p in found.items()}
             return self.directory
 
     async def _owner(self, session_id: str) -> Any | None:
-        partition = (await self._directory()).get(session_id)
-        if partition is not None:
-            candidate: Any = self.hosts[partition % len(self.hosts)]
+        index = (await self._directory()).get(session_id)
+        if index is not None and index < len(self.hosts):
+            candidate: Any = self.hosts[index]
             owns: bool = await candidate.has.remote(session_id)
             if owns:
                 return candidate
@@ -297,7 +310,7 @@ class _Dispatcher:
         """Create the session (True) or, if it exists, make sure it runs (False)."""
         owner = await self._owner(session_id)
         if owner is None:
-            index = host_for(session_id, len(self.hosts))
+            index = host_for(session_id, len(self.hosts))  # its partition's host, or its hash's
             owner = self.hosts[index]
             (await self._directory())[session_id] = index
         created: bool = await owner.create.remote(session_id, event)
@@ -339,14 +352,19 @@ class Fleet:
         runtime_env: dict[str, Any] | None = None,
         host_scheduling: Any = None,
     ) -> Fleet:
-        if config.fleet.log != "file":
-            # Refused, never ignored: hosts write FileLog partitions until the shared log
-            # (events/pglog.py) is wired into the fleet.
-            raise FleetlogError(
-                '[fleet] log: the PostgreSQL log is not wired into the fleet yet; use "file"'
-            )
         home = home.resolve()
-        (home / "log").mkdir(parents=True, exist_ok=True)
+        log = log_spec(config.fleet.log)
+        if log == "file":
+            (home / "log").mkdir(parents=True, exist_ok=True)
+        else:
+            # Here, before any actor starts: a wrong DSN is one line now, not a host
+            # restarting forever on a node. Creates the schema on first use.
+            checked = source_of(home, log)
+            try:
+                checked.readers()[0][1].head()
+            finally:
+                checked.close()
+            home.mkdir(parents=True, exist_ok=True)
         namespace = namespace_for(home)
         lifetime = "detached" if detached else None
         budgets = budgets_of(config)
@@ -366,11 +384,11 @@ class Fleet:
 
         # First: hosts, ledger and dispatcher ask it where to start from.
         projector: Any = actor(_ProjectorActor, "fleetlog-projector", max_concurrency=64).remote(
-            str(home)
+            str(home), log
         )
         ray.get(projector.ping.remote())
         ledger: Any = (
-            actor(_LedgerActor, "fleetlog-ledger").remote(budgets, str(home), namespace)
+            actor(_LedgerActor, "fleetlog-ledger").remote(budgets, str(home), namespace, log)
             if budgets
             else None
         )
@@ -381,11 +399,11 @@ class Fleet:
                 max_concurrency=100_000,
                 runtime_env=runtime_env,
                 scheduling_strategy=host_scheduling,
-            ).remote(i, hosts, str(home), config, ledger, namespace)
+            ).remote(i, hosts, str(home), config, ledger, namespace, log)
             for i in range(hosts)
         ]
         dispatcher: Any = actor(_Dispatcher, "fleetlog-dispatcher", max_concurrency=1000).remote(
-            namespace, hosts, str(home)
+            namespace, hosts, str(home), log
         )
         ray.get([h.ping.remote() for h in host_handles])
         return cls(

@@ -10,11 +10,9 @@ stream.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,24 +30,17 @@ from fleetlog.actors.safety import Policy, redact_event
 from fleetlog.actors.sandbox import Sandbox, SandboxUnavailable
 from fleetlog.actors.tools import BUILTIN_TOOLS, ToolSpec, load_tools_module
 from fleetlog.config import Config
-from fleetlog.events.errors import ConcurrencyError, FencedError, LogError, LogLockedError
+from fleetlog.events.errors import ConcurrencyError, FencedError, LogError
 from fleetlog.events.faults import crash_point
-from fleetlog.events.filelog import FileLog
-from fleetlog.events.log import AppendResult
-from fleetlog.events.partitions import indexed_partitions, partition_path
+from fleetlog.events.log import AppendResult, EventLog
 from fleetlog.events.schema import BlobRef, Envelope, Event, SessionCreated
+from fleetlog.events.source import LogSource, host_for, source_for
 from fleetlog.events.state import TERMINAL
 from fleetlog.projections.service import SessionsView
 
 __all__ = ["host_for", "HostCore", "session_summary"]
 
 log = logging.getLogger("fleetlog.host")
-
-
-def host_for(session_id: str, hosts: int) -> int:
-    """Which host owns a session: stable for a given fleet size."""
-    digest = hashlib.blake2b(session_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % hosts
 
 
 def session_summary(runner: SessionRunner) -> dict[str, Any]:
@@ -106,6 +97,8 @@ class _PartitionPort:
         )
 
     async def read_stream(self, session_id: str) -> list[Envelope]:
+        if self.host.source.shared:  # a database round trip: off the event loop
+            return await asyncio.to_thread(self.host.partitions[0].read_stream, session_id)
         log = self.host.find(session_id)
         return log.read_stream(session_id) if log is not None else []
 
@@ -128,13 +121,16 @@ class HostCore:
         lock_wait_s: float = 60.0,
         model_factory: Callable[[str], ModelClient] | None = None,
         sessions_view: Callable[[], Awaitable[SessionsView | None]] | None = None,
+        source: LogSource | None = None,
     ) -> None:
         self.index = index
         self.hosts = hosts
         self.home = home
         self.config = config
         self.lock_wait_s = lock_wait_s
-        self.partitions: dict[int, FileLog] = {}
+        #: Where the log lives: this machine's partitions, or the shared PostgreSQL log.
+        self.source = source if source is not None else source_for(home, config.fleet.log)
+        self.partitions: dict[int, EventLog] = {}
         self._models: dict[str, ModelClient] = {}
         self._model_factory = model_factory
         self._sessions_view = sessions_view
@@ -162,31 +158,22 @@ class HostCore:
     # --- partitions ------------------------------------------------------------------------
 
     def _open_partitions(self) -> None:
-        root = self.home / "log"
-        count = max([self.hosts, *(i + 1 for i, _path in indexed_partitions(root))])
-        for p in range(count):
-            if p % self.hosts == self.index and p not in self.partitions:
-                self.partitions[p] = self._open_locked(partition_path(root, p))
+        opened = self.source.open_host(self.index, self.hosts, self.lock_wait_s)
+        for p, log_ in opened.items():
+            if p in self.partitions:
+                log_.close()
+            else:
+                self.partitions[p] = log_
 
-    def _open_locked(self, path: Path) -> FileLog:
-        # After a restart elsewhere the previous owner may not be dead yet: its
-        # lock is the fence. Wait for it rather than ever share a partition.
-        deadline = time.monotonic() + self.lock_wait_s
-        while True:
-            try:
-                return FileLog.open(path)
-            except LogLockedError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-
-    def find(self, session_id: str) -> FileLog | None:
+    def find(self, session_id: str) -> EventLog | None:
         for log in self.partitions.values():
             if log.last_seq(session_id) > 0:
                 return log
         return None
 
-    def log_for(self, session_id: str) -> FileLog:
+    def log_for(self, session_id: str) -> EventLog:
+        if self.source.shared:
+            return self.partitions[0]  # one log: no lookup (an append must not cost a query)
         found = self.find(session_id)
         if found is not None:
             return found
@@ -196,9 +183,10 @@ class HostCore:
         """Stop the sessions and release the partitions (their locks). See ``aclose``."""
         for task in self.tasks.values():
             task.cancel()
-        for log in self.partitions.values():
-            log.close()
+        for log_ in self.partitions.values():
+            log_.close()
         self.partitions.clear()
+        self.source.close()
 
     async def aclose(self) -> None:
         """``close``, and the model clients' connections with it."""
@@ -243,6 +231,9 @@ class HostCore:
             started = 0
             for index, log in self.partitions.items():
                 for session_id in self._unfinished(index, log, view):
+                    # A shared log holds every host's sessions: this host runs its share.
+                    if self.source.owner(session_id, index, self.hosts) != self.index:
+                        continue
                     if session_id not in self.tasks:
                         self.open(session_id)
                         started += 1
@@ -250,7 +241,7 @@ class HostCore:
             return started
 
     @staticmethod
-    def _unfinished(index: int, log: FileLog, view: SessionsView | None) -> list[str]:
+    def _unfinished(index: int, log: EventLog, view: SessionsView | None) -> list[str]:
         """Sessions of a partition that may still need running.
 
         From the projections (not terminal at their checkpoint) plus every session
@@ -258,16 +249,17 @@ class HostCore:
         log. Without projections, every session (a terminal one returns at once).
         """
         if view is None:
-            return log.session_ids()
-        found = {
-            sid
-            for sid, partition, status, *_rest in view.sessions
-            if partition == index and status not in TERMINAL
-        }
-        position = view.checkpoints.get(index, 0) + 1
-        while batch := log.read_all(position, 50_000):
-            found.update(env.session_id for env in batch)
-            position = batch[-1].position + 1
+            found = set(log.session_ids())
+        else:
+            found = {
+                sid
+                for sid, partition, status, *_rest in view.sessions
+                if partition == index and status not in TERMINAL
+            }
+            position = view.checkpoints.get(index, 0) + 1
+            while batch := log.read_all(position, 50_000):
+                found.update(env.session_id for env in batch)
+                position = batch[-1].position + 1
         return sorted(found)
 
     def has(self, session_id: str) -> bool:
@@ -343,14 +335,15 @@ class HostCore:
         is durable and cuts a torn tail, so its sessions can go on.
         """
         for index, partition in list(self.partitions.items()):
-            if partition.failed is None or partition.last_seq(session_id) == 0:
+            failed = getattr(partition, "failed", None)  # a FileLog's; PostgresLog retries
+            if failed is None or partition.last_seq(session_id) == 0:
                 continue
             if partition is not self.log_for(session_id):
                 continue
-            log.warning("partition %d: reopening after %s", index, partition.failed)
+            log.warning("partition %d: reopening after %s", index, failed)
             partition.close()
             try:
-                self.partitions[index] = self._open_locked(partition.path)
+                self.partitions[index] = self.source.reopen(index, self.lock_wait_s)
             except LogError as e:
                 log.warning("partition %d: cannot reopen yet (%s)", index, e)
 

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
+from .blobs import BlobStore
 from .schema import EVENT_TYPES, BlobRef, Envelope, Event, UnknownEvent
 
 __all__ = ["AppendResult", "EventLog", "check_append", "follow"]
@@ -68,7 +69,11 @@ class EventLog(Protocol):
       an owner appends at its claim's, and an offline operator command holds
       the partition's lock and appends at the session's current epoch.
     * positions are global and contiguous from 1; seqs per session likewise.
+    * ``blobs`` stores large payloads where every reader of the log finds them.
     """
+
+    @property
+    def blobs(self) -> BlobStore: ...
 
     def append(
         self,

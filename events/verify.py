@@ -7,11 +7,12 @@ from pathlib import Path
 
 from .blobs import BlobStore
 from .codec import FrameMeta, decode_payload, parse_meta
-from .errors import Fault
+from .errors import BlobMissingError, Fault
 from .filelog import _OK, ScanResult, _iter_frames, _list_segments, _Segment, scan_log
+from .log import EventLog
 from .schema import BlobRef, Envelope, UnknownEvent
 
-__all__ = ["VerifyReport", "verify_log", "salvage_prefix"]
+__all__ = ["VerifyReport", "verify_events", "verify_log", "salvage_prefix"]
 
 
 @dataclass
@@ -150,3 +151,98 @@ def salvage_prefix(path: str | Path) -> list[Envelope]:
         for seg in segments:
             seg.close()
     return out
+
+
+def verify_events(log: EventLog, where: str, *, batch: int = 50_000) -> VerifyReport:
+    """The same checks for a log read through the ``EventLog`` protocol (PostgreSQL).
+
+    Positions contiguous from 1 to the head, per-session seqs contiguous from 1
+    and matching ``last_seq``, epochs never going back within a session, known
+    event types, and every referenced blob present and intact.
+    """
+    report = VerifyReport(where)
+    head = log.head()
+    expected = 1
+    seqs: dict[str, int] = {}
+    epochs: dict[str, int] = {}
+    checked: set[str] = set()
+    while events := log.read_all(expected, batch):
+        for env in events:
+            if env.position != expected:
+                report.faults.append(
+                    Fault(
+                        "position_gap",
+                        where,
+                        0,
+                        f"expected position {expected}, found {env.position}",
+                        position=env.position,
+                    )
+                )
+            expected = env.position + 1
+            sid = env.session_id
+            if env.seq != seqs.get(sid, 0) + 1:
+                report.faults.append(
+                    Fault(
+                        "seq_gap",
+                        where,
+                        0,
+                        f"expected seq {seqs.get(sid, 0) + 1}, found {env.seq}",
+                        position=env.position,
+                        session_id=sid,
+                    )
+                )
+            seqs[sid] = env.seq
+            if env.epoch < epochs.get(sid, 0):
+                report.faults.append(
+                    Fault(
+                        "epoch_regression",
+                        where,
+                        0,
+                        f"epoch {env.epoch} after {epochs[sid]}",
+                        position=env.position,
+                        session_id=sid,
+                    )
+                )
+            epochs[sid] = max(epochs.get(sid, 0), env.epoch)
+            if isinstance(env.event, UnknownEvent):
+                report.faults.append(
+                    Fault("unknown_event", where, 0, "unknown event type", position=env.position)
+                )
+            for ref in _blob_refs(env):
+                if ref.sha256 in checked:
+                    continue
+                checked.add(ref.sha256)
+                try:
+                    log.load_blob(ref)
+                except BlobMissingError as e:
+                    report.faults.append(
+                        Fault("missing_blob", where, 0, str(e), position=env.position)
+                    )
+        report.events += len(events)
+    if expected - 1 != head:
+        report.faults.append(
+            Fault("position_gap", where, 0, f"read up to {expected - 1}, head says {head}")
+        )
+    for sid, seq in seqs.items():
+        if log.last_seq(sid) != seq:
+            report.faults.append(
+                Fault(
+                    "seq_mismatch",
+                    where,
+                    0,
+                    f"last seq {seq} in the events, {log.last_seq(sid)} recorded",
+                    session_id=sid,
+                )
+            )
+    report.sessions = len(seqs)
+    report.blobs_checked = len(checked)
+    return report
+
+
+def _blob_refs(env: Envelope) -> list[BlobRef]:
+    event = env.event
+    return [
+        value
+        for name in getattr(event, "blob_fields", ())
+        if isinstance(value := getattr(event, name, None), BlobRef)
+    ]

@@ -30,14 +30,21 @@ from fleetlog.config import (
     parse_task,
     session_id_for,
 )
-from fleetlog.events.errors import FleetlogError, LogLockedError, SessionNotFound
+from fleetlog.events.errors import (
+    ConcurrencyError,
+    FleetlogError,
+    LogLockedError,
+    SessionNotFound,
+)
 from fleetlog.events.filelog import FileLog
+from fleetlog.events.log import EventLog
 from fleetlog.events.partitions import open_readers, partition_dirs
 from fleetlog.events.schema import (
     ReviewRequested,
 )
+from fleetlog.events.source import source_for
 from fleetlog.events.state import SessionState, call_hash, fold
-from fleetlog.events.verify import verify_log
+from fleetlog.events.verify import VerifyReport, verify_events, verify_log
 
 __all__ = ["main"]
 
@@ -67,10 +74,27 @@ def _print_json(rows: Any) -> None:
     _out(json.dumps(rows, default=str))
 
 
-def _states(home: Path) -> list[SessionState]:
+def _log_spec(args: argparse.Namespace) -> str:
+    """FLEETLOG_LOG, else the config's ``[fleet] log``."""
+    from fleetlog.events.source import log_spec
+
+    return log_spec(_config(args).fleet.log)
+
+
+def _open_logs(args: argparse.Namespace) -> list[EventLog]:
+    """The fleet's logs, to read (FileLog partitions read-only, or the PostgreSQL log)."""
+    spec = _log_spec(args)
+    if spec == "file":
+        return list(open_readers(_home(args) / "log"))
+    from fleetlog.events.pglog import PostgresLog
+
+    return [PostgresLog.open(spec, pool_size=2)]
+
+
+def _states(args: argparse.Namespace) -> list[SessionState]:
     """Every session, folded from the log (read-only: works next to a running fleet)."""
     states: list[SessionState] = []
-    for reader in open_readers(home / "log"):
+    for reader in _open_logs(args):
         try:
             for sid in reader.session_ids():
                 states.append(fold(sid, reader.read_stream(sid, resolve_blobs=False)))
@@ -150,6 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if len(session_ids) != len(keyed):
         raise FleetlogError("two tasks map to the same session (duplicate ids)")
     _sandbox_line(config)
+    _check_log(home, config)
     with _ray(args.address, namespace_for(home)) as address:
         started = time.monotonic()
         fleet = Fleet.start(home, config, hosts=hosts)
@@ -166,6 +191,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     _summary(rows, elapsed, settled=SETTLED)
     return 0
+
+
+def _check_log(home: Path, config: Config) -> None:
+    """Reach the log before any cluster starts: a bad DSN is one line in a second."""
+    source = source_for(home, config.fleet.log)
+    try:
+        if source.shared:
+            source.readers()[0][1].head()
+    finally:
+        source.close()
 
 
 def _sandbox_line(config: Config) -> None:
@@ -367,6 +402,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if (home / "fleet.json").exists():
         raise FleetlogError(f"a fleet is already up for {home} (`fleetlog down` first)")
     _sandbox_line(config)
+    _check_log(home, config)
     hosts = args.hosts or config.fleet.hosts
     started_ray = False
     address = args.address
@@ -453,7 +489,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    rows = [_row(s) for s in _states(_home(args))]
+    rows = [_row(s) for s in _states(args)]
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
     if args.json:
@@ -475,8 +511,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find_stream(home: Path, session_id: str) -> list[Any]:
-    for reader in open_readers(home / "log"):
+def _find_stream(args: argparse.Namespace, session_id: str) -> list[Any]:
+    for reader in _open_logs(args):
         try:
             if reader.last_seq(session_id) > 0:
                 return reader.read_stream(session_id, resolve_blobs=False)
@@ -488,7 +524,7 @@ def _find_stream(home: Path, session_id: str) -> list[Any]:
 def cmd_show(args: argparse.Namespace) -> int:
     import msgspec
 
-    stream = _find_stream(_home(args), args.session)
+    stream = _find_stream(args, args.session)
     if args.json:
         _out(msgspec.json.encode(stream).decode())
         return 0
@@ -512,9 +548,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reviews(home: Path) -> list[dict[str, Any]]:
+def _reviews(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for reader in open_readers(home / "log"):
+    for reader in _open_logs(args):
         try:
             for sid in reader.session_ids():
                 stream = reader.read_stream(sid, resolve_blobs=False)
@@ -543,7 +579,7 @@ def _reviews(home: Path) -> list[dict[str, Any]]:
 
 
 def cmd_reviews(args: argparse.Namespace) -> int:
-    rows = _reviews(_home(args))
+    rows = _reviews(args)
     if args.json:
         _print_json(rows)
     elif not rows:
@@ -573,7 +609,7 @@ def _decide(args: argparse.Namespace, kind: str) -> int:
     if (home / "fleet.json").exists() and _route_to_fleet(home, args, command):
         _out(f"{kind}: recorded; the running fleet goes on with the session")
         return 0
-    if _append_offline(home, args.session, command):
+    if _append_offline(args, args.session, command):
         _out(f"{kind}: recorded; the session picks it up when it runs")
     else:
         _out(f"{kind}: already recorded; nothing to do")
@@ -596,11 +632,15 @@ def _route_to_fleet(home: Path, args: argparse.Namespace, command: Any) -> bool:
         return False  # no fleet answering: the log is the way
 
 
-def _append_offline(home: Path, session_id: str, command: Any) -> bool:
+def _append_offline(args: argparse.Namespace, session_id: str, command: Any) -> bool:
     """Append the decision to the session's partition; False if it was already made."""
     from fleetlog.actors.runner import command_events
     from fleetlog.actors.safety import redact_event
 
+    home = _home(args)
+    spec = _log_spec(args)
+    if spec != "file":
+        return _append_shared(spec, session_id, command)
     for path in partition_dirs(home / "log"):
         try:
             log = FileLog.open(path)
@@ -625,6 +665,34 @@ def _append_offline(home: Path, session_id: str, command: Any) -> bool:
     raise SessionNotFound(session_id)
 
 
+def _append_shared(spec: str, session_id: str, command: Any) -> bool:
+    """``_append_offline`` on the shared PostgreSQL log: the database fences and orders.
+
+    No lock keeps an owner on another node from appending meanwhile: the append
+    names the seq it read, so a race is a ConcurrencyError, and the decision is
+    made again on the new state (it may have become unnecessary).
+    """
+    from fleetlog.actors.runner import command_events
+    from fleetlog.actors.safety import redact_event
+    from fleetlog.events.pglog import PostgresLog
+
+    with PostgresLog.open(spec, pool_size=1) as log:
+        for _attempt in range(20):
+            last = log.last_seq(session_id)
+            if last == 0:
+                raise SessionNotFound(session_id)
+            state = fold(session_id, log.read_stream(session_id, resolve_blobs=False))
+            events = [redact_event(e) for e in command_events(state, command)]
+            if not events:
+                return False
+            try:
+                log.append(session_id, events, last, log.current_epoch(session_id))
+            except ConcurrencyError:
+                continue
+            return True
+    raise FleetlogError(f"session {session_id} keeps changing; try the command again")
+
+
 def cmd_approve(args: argparse.Namespace) -> int:
     return _decide(args, "approve")
 
@@ -640,7 +708,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 # --- projections: sql / metrics / project ---------------------------------------------------
 
 
-def _projections(home: Path, method: str, *args: Any) -> dict[str, Any]:
+def _projections(cli: argparse.Namespace, method: str, *args: Any) -> dict[str, Any]:
     """Ask the running fleet's projector; with no fleet answering, open the file here.
 
     DuckDB allows one read-write process per file: while a fleet runs, its
@@ -649,6 +717,7 @@ def _projections(home: Path, method: str, *args: Any) -> dict[str, Any]:
     from fleetlog.projections.projector import Projector
     from fleetlog.projections.service import answer
 
+    home = _home(cli).resolve()
     if (home / "fleet.json").exists():
         import ray
 
@@ -662,10 +731,11 @@ def _projections(home: Path, method: str, *args: Any) -> dict[str, Any]:
             if os.environ.get("FLEETLOG_DEBUG"):
                 raise
             # No fleet answering: fall through and open the projections here.
-    if not partition_dirs(home / "log"):
+    source = source_for(home, _config(cli).fleet.log)
+    if not source.exists():
         raise FleetlogError(f"no event log under {home} (looked in {home / 'log'})")
     started = time.perf_counter()
-    with Projector.open(home, wait_s=5.0) as projector:
+    with Projector.open(home, wait_s=5.0, source=source) as projector:
         if not projector.rebuilt_on_open:
             return answer(projector, method, *args)
         # Another version's file, say: rebuilt on open already; do not rebuild twice.
@@ -768,7 +838,7 @@ def _print_arrow(table: Any, fmt: str) -> None:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    table = _answer(_projections(_home(args).resolve(), "query", args.query))
+    table = _answer(_projections(args, "query", args.query))
     _print_arrow(table, "json" if args.json else "csv" if args.csv else "table")
     return 0
 
@@ -798,7 +868,7 @@ def parse_since(text: str, now: float | None = None) -> Any:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     since = parse_since(args.since) if args.since else None
-    table = _answer(_projections(_home(args).resolve(), "health", since, args.agent_type))
+    table = _answer(_projections(args, "health", since, args.agent_type))
     if args.json:
         _print_arrow(table, "json")
         return 0
@@ -809,7 +879,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    answer = _answer(_projections(_home(args).resolve(), "project", bool(args.rebuild)))
+    answer = _answer(_projections(args, "project", bool(args.rebuild)))
     n, seconds = answer["events"], answer["seconds"]
     where = ", ".join(f"p{p} at {pos:,}" for p, pos in sorted(answer["checkpoints"].items()))
     verb = "rebuilt from" if args.rebuild else "caught up with"
@@ -823,13 +893,14 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     home = _home(args)
-    paths = partition_dirs(home / "log")
+    spec = _log_spec(args)
+    paths = partition_dirs(home / "log") if spec == "file" else [spec]
     if not paths:
         raise FleetlogError(f"no event log under {home} (looked in {home / 'log'})")
     ok = True
     reports = []
     for path in paths:
-        report = verify_log(path)
+        report = verify_log(path) if spec == "file" else _verify_shared(spec)
         ok = ok and report.ok
         reports.append(report)
         if not args.json:
@@ -838,10 +909,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             for note in report.notes:
                 _out(f"note: {note}")
             verdict = "ok" if report.ok else f"{len(report.faults)} fault(s)"
+            framing = (
+                f" in {report.frames} frames, {report.segments} segment(s)"
+                if spec == "file"
+                else ""
+            )
             _out(
-                f"{path}: {verdict} — {report.events} events in {report.frames} frames, "
-                f"{report.segments} segment(s), {report.sessions} session(s), "
-                f"{report.blobs_checked} blob(s) checked"
+                f"{report.path}: {verdict} — {report.events} events{framing}, "
+                f"{report.sessions} session(s), {report.blobs_checked} blob(s) checked"
             )
     if args.json:
         _print_json(
@@ -857,6 +932,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             }
         )
     return 0 if ok else 1
+
+
+def _verify_shared(spec: str) -> VerifyReport:
+    from fleetlog.events.pglog import PostgresLog
+    from fleetlog.events.source import PgSource
+
+    with PostgresLog.open(spec, pool_size=1) as log:
+        return verify_events(log, PgSource(spec).where())
 
 
 # --- argument parsing ----------------------------------------------------------------------

@@ -58,7 +58,8 @@ from fleetlog.events.errors import ProjectionError, QueryError
 from fleetlog.events.filelog import fsync_dir
 from fleetlog.events.partitions import indexed_partitions
 from fleetlog.events.schema import EVENT_TYPES
-from fleetlog.events.tail import LogTail, read_segment, segment_bases
+from fleetlog.events.source import FileSource, LogSource
+from fleetlog.events.tail import read_segment, segment_bases
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -155,6 +156,8 @@ _PUSH_AT: Final = 64
 _QUIET_AFTER_S: Final = 60.0
 #: ``push_at`` for a rebuild's folds: sessions are placed when a partition is flushed.
 _NEVER: Final = 1 << 62
+#: Events per read when a rebuild reads a log without segment files (PostgreSQL).
+_READ_BATCH: Final = 100_000
 _READ_ONLY: Final = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
 
 
@@ -251,12 +254,15 @@ def _first_line(error: BaseException) -> str:
 class Projector:
     """Owns ``HOME/projections.duckdb`` read-write for as long as it is open."""
 
-    def __init__(self, home: Path, con: duckdb.DuckDBPyConnection, lock_fd: int) -> None:
+    def __init__(
+        self, home: Path, con: duckdb.DuckDBPyConnection, lock_fd: int, source: LogSource
+    ) -> None:
         self.home = home
         self.path = home / DB_FILE
         self.con = con
         self._lock_fd = lock_fd
-        self._tails: dict[int, LogTail] = {}
+        #: The log this file projects: HOME/log's partitions, or the shared PostgreSQL log.
+        self.source = source
         self._write = threading.Lock()  # one writing transaction at a time
         # Held by readers while they use a cursor, and by a rebuild while it swaps
         # the file: a cursor never outlives the connection it came from.
@@ -270,7 +276,12 @@ class Projector:
 
     @classmethod
     def open(
-        cls, home: Path, *, wait_s: float = 10.0, rebuild_from: int = _POOL_MIN_EVENTS
+        cls,
+        home: Path,
+        *,
+        wait_s: float = 10.0,
+        rebuild_from: int = _POOL_MIN_EVENTS,
+        source: LogSource | None = None,
     ) -> Projector:
         """Take the projections lock (waiting up to ``wait_s``) and open or create the file.
 
@@ -292,7 +303,7 @@ class Projector:
                 _remove_db(home / DB_FILE)
                 con = _connect(home / DB_FILE)
                 version = None
-            projector = cls(home, con, lock_fd)
+            projector = cls(home, con, lock_fd, source or FileSource(home / "log"))
             if reason:
                 pass
             elif version is not None and version != SCHEMA_VERSION:
@@ -351,12 +362,6 @@ class Projector:
             rows = cur.execute("SELECT * FROM _checkpoints").fetchall()
         return {int(p): int(pos) for p, pos in rows}
 
-    def _tail(self, index: int, path: Path) -> LogTail:
-        tail = self._tails.get(index)
-        if tail is None or tail.path != path:
-            tail = self._tails[index] = LogTail(path)
-        return tail
-
     def step(self, limit: int = 100_000, *, commit: bool = True) -> int:
         """One round: up to about ``limit`` new events, committed with their checkpoints.
 
@@ -371,18 +376,17 @@ class Projector:
             done = self.checkpoints()
             tables: list[pa.Table] = []
             moved: dict[int, int] = {}
-            parts = partitions(self.home)
+            parts = self.source.readers()
             share = max(limit // max(len(parts), 1), 1)
             more = False
-            for index, path in parts:
-                tail = self._tail(index, path)
+            for index, tail in parts:
                 with _gc_paused():
                     rows = tail.read(done.get(index, 0) + 1, share, rows=True)
                 if not rows:
                     continue
                 more = more or len(rows) >= share
                 _check_contiguous(index, done.get(index, 0), rows)
-                tables.append(rows_to_arrow(rows, index, BlobStore(path / "blobs")))
+                tables.append(rows_to_arrow(rows, index, tail.blobs))
                 moved[index] = rows[-1][0]
             if not tables:
                 return 0, False
@@ -426,7 +430,7 @@ class Projector:
 
     def _stale(self, rebuild_from: int) -> str:
         """Why the tables should be rebuilt rather than caught up, or ''."""
-        heads = _heads(partitions(self.home))
+        heads = _heads(self.source)
         done = self.checkpoints()
         for index, position in done.items():
             if position > heads.get(index, 0):
@@ -443,8 +447,7 @@ class Projector:
         """Events per partition that are in the log but not yet projected."""
         done = self.checkpoints()
         return {
-            index: max(head - done.get(index, 0), 0)
-            for index, head in _heads(partitions(self.home)).items()
+            index: max(head - done.get(index, 0), 0) for index, head in _heads(self.source).items()
         }
 
     # --- rebuilding ------------------------------------------------------------------------
@@ -470,9 +473,7 @@ class Projector:
         con = _connect(tmp)
         try:
             self._create_schema(con)
-            parts = partitions(self.home)
-            heads = _heads(parts)
-            jobs = _segment_jobs(parts, heads)
+            heads = _heads(self.source)
             total_events = sum(heads.values())
             # One partition at a time: a session's stream never leaves its
             # partition, so a partition's rows are folded into empty stand-ins
@@ -488,14 +489,20 @@ class Projector:
             # a transaction would hold every appended row in memory until the end.
             current: int | None = None
             pending = 0
-            tables = _segment_tables(jobs, workers if total_events >= pool_from else 1)
-            for job, table in zip(jobs, tables, strict=True):
-                if job[1] != current:
+            batches: Iterator[tuple[int, pa.Table]]
+            if isinstance(self.source, FileSource):
+                jobs = _segment_jobs(self.source.paths(), heads)
+                tables = _segment_tables(jobs, workers if total_events >= pool_from else 1)
+                batches = ((job[1], table) for job, table in zip(jobs, tables, strict=True))
+            else:
+                batches = _read_tables(self.source, heads)
+            for partition, table in batches:
+                if partition != current:
                     if current is not None:
                         if pending:
                             _fold_new(con, _NEVER, self.quiet_after_s)
                         _flush_stand_ins(con, self.quiet_after_s)
-                    current, pending = job[1], 0
+                    current, pending = partition, 0
                     _create_stand_ins(con)
                 con.register("_batch", table)
                 con.execute(_EVENTS_FROM_BATCH)
@@ -524,7 +531,6 @@ class Projector:
             os.replace(tmp, self.path)
             fsync_dir(self.home)
             self.con = _connect(self.path)
-        self._tails.clear()
         return total_events
 
     # --- reading ---------------------------------------------------------------------------
@@ -554,9 +560,24 @@ class Projector:
         return self.query(f"SELECT * FROM agent_health({', '.join(args)})", params)
 
 
-def _heads(parts: list[tuple[int, Path]]) -> dict[int, int]:
+def _heads(source: LogSource) -> dict[int, int]:
     """The last whole position of each partition now (0 for an empty one)."""
-    return {index: LogTail(path).head() for index, path in parts}
+    return {index: reader.head() for index, reader in source.readers()}
+
+
+def _read_tables(source: LogSource, heads: dict[int, int]) -> Iterator[tuple[int, pa.Table]]:
+    """A rebuild's input from a log without segment files (PostgreSQL): read in batches."""
+    for index, reader in source.readers():
+        position = 1
+        while position <= heads.get(index, 0):
+            with _gc_paused():
+                count = min(_READ_BATCH, heads[index] - position + 1)
+                rows = reader.read(position, count, rows=True)
+            if not rows:
+                break
+            rows = [r for r in rows if r[0] <= heads[index]]
+            yield index, rows_to_arrow(rows, index, reader.blobs)
+            position = rows[-1][0] + 1
 
 
 def _move_checkpoints(con: duckdb.DuckDBPyConnection, positions: dict[int, int]) -> None:

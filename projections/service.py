@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from fleetlog.events.errors import FleetlogError
+from fleetlog.events.source import LogSource
 
 from .projector import Projector
 
@@ -87,8 +88,11 @@ def answer(projector: Projector, method: str, *args: Any) -> dict[str, Any]:
 class ProjectionService:
     """Owns the projector; a daemon thread tails the log until ``close``."""
 
-    def __init__(self, home: Path, *, idle_s: float = 0.05) -> None:
+    def __init__(
+        self, home: Path, *, idle_s: float = 0.05, source: LogSource | None = None
+    ) -> None:
         self.home = home
+        self.source = source
         self.idle_s = idle_s
         self.projector: Projector | None = None
         self._stop = threading.Event()
@@ -105,7 +109,7 @@ class ProjectionService:
         while not self._stop.is_set():
             try:
                 if self.projector is None:
-                    self.projector = Projector.open(self.home, wait_s=60.0)
+                    self.projector = Projector.open(self.home, wait_s=60.0, source=self.source)
                     self._opened.set()
                 if not self.projector.step():
                     self._stop.wait(self.idle_s)

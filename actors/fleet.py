@@ -83,7 +83,10 @@ class _ProjectorActor:
     """Thin: the ProjectionService does the work, in threads (DuckDB releases the GIL)."""
 
     def __init__(self, home: str, log: str) -> None:
-        self.service = ProjectionService(Path(home), source=source_of(Path(home), log))
+        # The DuckDB file is disposable (rebuilt from the log): with a shared log it goes
+        # on the disk of whichever node runs the projector now.
+        local = os.environ.get("FLEETLOG_NODE_HOME") if log != "file" else None
+        self.service = ProjectionService(Path(local or home), source=source_of(Path(home), log))
         self.service.start()
 
     async def ping(self) -> bool:
@@ -210,7 +213,7 @@ class _HostActor:
 
         # With a shared log a host may run on any node: what it keeps on disk (workspaces
         # unless [fleet] workspaces, sandbox scratch) goes to that node's own directory.
-        local = Path(os.environ.get("FLEETLOG_NODE_HOME") or home)
+        local = Path((log != "file" and os.environ.get("FLEETLOG_NODE_HOME")) or home)
         self.core = HostCore(
             index,
             hosts,
@@ -228,6 +231,10 @@ class _HostActor:
     async def ping(self) -> int:
         await self.core.start()
         return self.core.index
+
+    async def pid(self) -> int:
+        """This host's process id (operations; the chaos suite kills it)."""
+        return os.getpid()
 
     async def node_id(self) -> str:
         """The Ray node this host runs on (placement checks, operations)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetlog.actors.model import AnthropicModel, ModelClient, ScriptedModel
+from fleetlog.actors.outbox import outbox_for
 from fleetlog.actors.runner import (
     BudgetPort,
     Command,
@@ -149,6 +150,8 @@ class HostCore:
         )
         self.deps.sandbox, self.deps.sandbox_state = sandbox_for(config, home)
         self.deps.network_for = lambda agent: tuple(config.agent(agent).network)
+        # Emails are delivered where every node sees them: the shared log's database.
+        self.deps.outbox = outbox_for(self.source.spec, home)
         self.runners: dict[str, SessionRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}

@@ -37,6 +37,7 @@ from fleetlog.actors.loop import (
     fold_agent,
 )
 from fleetlog.actors.model import ModelClient, ModelReply, ModelRequest, cost_usd
+from fleetlog.actors.outbox import Outbox
 from fleetlog.actors.safety import Policy, redact_event, vet
 from fleetlog.actors.sandbox import Sandbox
 from fleetlog.actors.tools import (
@@ -140,6 +141,8 @@ class RunnerDeps:
     sandbox_state: str = "off"
     #: The hosts an agent type's confined tools may reach (``[agents.*] network``).
     network_for: Callable[[str], tuple[str, ...]] = lambda _agent: ()
+    #: Where send_email delivers (``outbox.py``); None: the file outbox in ``home``.
+    outbox: Outbox | None = None
 
 
 @dataclass(frozen=True)
@@ -659,6 +662,7 @@ class SessionRunner:
             sandbox=self.deps.sandbox,
             network=self.deps.network_for(self.state.session.agent_type),
             keep_output=self._keep_output,
+            outbox=self.deps.outbox,
         )
         started = time.perf_counter()
         # run_tool never abandons the call: on timeout or cancel it stops it, or waits

@@ -46,9 +46,9 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from fleetlog.actors.egress import EgressProxy
+from fleetlog.actors.outbox import FileOutbox, Outbox
 from fleetlog.actors.sandbox import Sandbox, python_paths
 from fleetlog.events.errors import ToolError, ToolInputError, ToolRefused
-from fleetlog.events.faults import crash_point
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -94,13 +94,16 @@ class ToolContext:
     call_id: str
     idempotency_key: str  # stable across retries of the same call
     workspace: Path  # the session's workspace directory (exists)
-    home: Path  # fleet home; the outbox is home / "outbox"
+    home: Path  # fleet home; the file outbox is home / "outbox"
     #: Where exec tools run confined; None only with ``[tools] sandbox = "off"``.
     sandbox: Sandbox | None = None
     #: Hosts a confined call may reach through the egress proxy (``egress.py``); none: none.
     network: tuple[str, ...] = ()
     #: Stores a large output whole, once (the log's blob store); returns how to name it.
     keep_output: Callable[[bytes], Awaitable[str]] | None = None
+    #: Where send_email delivers, exactly once per call (``outbox.py``); None: the
+    #: file outbox in ``home``. A fleet across machines shares one in PostgreSQL.
+    outbox: Outbox | None = None
 
 
 class ToolOutcome(msgspec.Struct, frozen=True):
@@ -980,12 +983,7 @@ def send_email(ctx: ToolContext, to: str, subject: str, body: str) -> str:
     addresses = [addr for _, addr in email.utils.getaddresses([to])]
     if not addresses or any(not _EMAIL.fullmatch(addr) for addr in addresses):
         raise ToolInputError("send_email", f"to: {_show(to)} is not a list of email addresses")
-    outbox = ctx.home / "outbox"
-    outbox.mkdir(parents=True, exist_ok=True)
     name = f"{_SAFE_ID.sub('_', ctx.session_id)}-{_SAFE_ID.sub('_', ctx.call_id)}.eml"
-    final = outbox / name
-    if final.exists():
-        return f"already delivered: {name}"
 
     msg = EmailMessage(policy=email.policy.default)
     msg["From"] = "fleetlog@localhost"
@@ -997,25 +995,11 @@ def send_email(ctx: ToolContext, to: str, subject: str, body: str) -> str:
     msg["X-Fleetlog-Call"] = ctx.call_id
     msg.set_content(body)
 
-    # Exactly once, even across crashes and concurrent retries: the message is complete
-    # and durable under a temporary name first; os.link() then publishes it atomically
-    # and fails if the final name exists, so only one attempt can ever deliver.
-    fd, tmp = tempfile.mkstemp(dir=outbox, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(msg.as_bytes())
-            f.flush()
-            os.fsync(f.fileno())
-        crash_point("in_outbox_write")
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            return f"already delivered: {name}"
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(outbox)
-    crash_point("after_outbox_write")
+    # Exactly once, even across crashes, concurrent retries and (with a shared outbox)
+    # nodes: the outbox decides atomically which attempt delivers (outbox.py).
+    outbox = ctx.outbox if ctx.outbox is not None else FileOutbox(ctx.home)
+    if not outbox.deliver(ctx.session_id, ctx.call_id, msg.as_bytes(), name):
+        return f"already delivered: {name}"
     return f"delivered to {', '.join(addresses)} ({name})"
 
 

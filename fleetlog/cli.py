@@ -379,6 +379,8 @@ def _ray_auth(home: Path, *, create: bool = False) -> None:
     """
     if os.environ.get("RAY_AUTH_MODE") == "disabled":
         return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return  # a cluster's own token (cluster.yaml puts one on every node): keep it
     token = home / "ray_auth_token"
     if create and not token.exists():
         import secrets

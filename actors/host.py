@@ -152,6 +152,8 @@ class HostCore:
         self.deps.network_for = lambda agent: tuple(config.agent(agent).network)
         # Emails are delivered where every node sees them: the shared log's database.
         self.deps.outbox = outbox_for(self.source.spec, home)
+        if config.fleet.workspaces:
+            self.deps.workspaces = Path(config.fleet.workspaces).expanduser()
         self.runners: dict[str, SessionRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.wakeups: dict[str, asyncio.Event] = {}

@@ -143,6 +143,8 @@ class RunnerDeps:
     network_for: Callable[[str], tuple[str, ...]] = lambda _agent: ()
     #: Where send_email delivers (``outbox.py``); None: the file outbox in ``home``.
     outbox: Outbox | None = None
+    #: Where session workspaces live (``[fleet] workspaces``); None: ``home / "workspaces"``.
+    workspaces: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,9 @@ class SessionRunner:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tools_estimate: int = -1
     _workspace: Path | None = None
+    #: Why the workspace cannot be trusted here ('' if it can): it held the effects of
+    #: earlier tool calls and is not on this node. The next tool call goes to review.
+    _workspace_lost: str = ""
     _holding: bool = False  # the ledger may hold a reservation for this session
     _release_after_flush: bool = False
     # One append at a time, whoever makes it (the loop, or an operator's command).
@@ -204,7 +209,9 @@ class SessionRunner:
             sandbox=self.deps.sandbox_state,  # what its tools run under, on record
         )
         await self.commit([claim])
-        self.workspace.mkdir(parents=True, exist_ok=True)
+        self._workspace_lost = self._lost_workspace(state)
+        if not self._workspace_lost:
+            self.workspace.mkdir(parents=True, exist_ok=True)
         if self.deps.budget is not None and state.session.seq > 1:
             # A host before this one may have died holding a reservation for it.
             self._holding = True
@@ -288,14 +295,34 @@ class SessionRunner:
     @property
     def workspace(self) -> Path:
         if self._workspace is None:
+            root = self.deps.workspaces or self.deps.home / "workspaces"
             configured = self.state.session.workspace
             if configured:
                 path = Path(configured)
-                path = path if path.is_absolute() else self.deps.home / path
+                path = path if path.is_absolute() else root / path
             else:
-                path = self.deps.home / "workspaces" / self.session_id
+                path = root / self.session_id
             self._workspace = path.resolve()
         return self._workspace
+
+    def _lost_workspace(self, state: AgentState) -> str:
+        """Why this node cannot continue in the session's workspace, or ''.
+
+        A session whose tool calls succeeded before has its files in its workspace;
+        restarted on a node where that directory does not exist (a node-local disk
+        lost with its node, a shared filesystem not mounted here), running on would
+        act on an empty directory as if it were the session's. Nothing is created
+        here until a reviewer approves going on (the check holds across restarts).
+        """
+        if self.workspace.exists():
+            return ""
+        if not any(c.status == "succeeded" for c in state.session.tool_calls.values()):
+            return ""
+        return (
+            f"workspace {self.workspace} is not on node {self.deps.node} (earlier tool "
+            "calls' files may be lost with another node's disk); approve to go on in an "
+            "empty workspace, deny to skip this call"
+        )
 
     @property
     def loop_config(self) -> LoopConfig:
@@ -618,6 +645,8 @@ class SessionRunner:
         vetting = vet(
             spec, kwargs, self.deps.policy, self.workspace, sandboxed=self.deps.sandbox is not None
         )
+        if self._workspace_lost and vetting.verdict == "allow":
+            vetting = msgspec.structs.replace(vetting, verdict="ask", reason=self._workspace_lost)
         events: list[Event] = [
             ToolCallVetted(
                 call_id=call_id,
@@ -652,6 +681,9 @@ class SessionRunner:
             ]
         )
         crash_point("after_tool_started")
+        if self._workspace_lost:  # approved: go on in a new, empty workspace
+            self.workspace.mkdir(parents=True, exist_ok=True)
+            self._workspace_lost = ""
         kwargs = validate_input(spec, json.loads(call.input) if isinstance(call.input, str) else {})
         context = ToolContext(
             session_id=self.session_id,

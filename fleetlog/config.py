@@ -94,6 +94,9 @@ class FleetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     log: str = "file"
     model: str | None = None
     tools_module: str | None = None
+    #: Where session workspaces live (default HOME/workspaces); a shared filesystem for a
+    #: fleet on several nodes, or a session moved to another node finds its files gone.
+    workspaces: str | None = None
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -323,6 +326,8 @@ def _build_config(doc: dict[str, Any], source: str) -> Config:
         raise fail(f'[fleet] log must be "file" or a postgresql:// URL, got {_show(shown)}')
     if fleet.model is not None and not fleet.model.strip():
         raise fail("[fleet] model must not be empty")
+    if fleet.workspaces is not None and not Path(fleet.workspaces).expanduser().is_absolute():
+        raise fail(f"[fleet] workspaces must be an absolute path, got {_show(fleet.workspaces)}")
     if fleet.tools_module is not None and not _MODULE_NAME.fullmatch(fleet.tools_module):
         raise fail(
             f"[fleet] tools_module must be a dotted module name, got {_show(fleet.tools_module)}"

@@ -10,8 +10,10 @@
     Dispatcher   (1)                          routes submit/approve/deny/cancel to owners
                                               through a session directory built the same way
 
-Actors are named in a namespace derived from the fleet home, so CLI commands in
-other processes find a running fleet through ``HOME/fleet.json``.
+Actors are named in a namespace derived from the fleet's log (its home, or its
+database: ``namespace_for``), so a process anywhere in the Ray cluster finds a
+running fleet by name; ``HOME/fleet.json`` only remembers, on the machine that
+ran ``fleetlog up``, which Ray to connect to.
 """
 
 from __future__ import annotations
@@ -34,18 +36,37 @@ from fleetlog.actors.ledger import Budget, Ledger, budgets_of
 from fleetlog.actors.runner import Command
 from fleetlog.config import Config, Task
 from fleetlog.events.errors import FleetlogError
+from fleetlog.events.pglog import _where
 from fleetlog.events.schema import Envelope, SessionCreated
 from fleetlog.events.source import LogSource, iter_tail, log_spec, source_of
 from fleetlog.projections.service import ProjectionService, SessionsView
 
-__all__ = ["Fleet", "namespace_for", "FLEET_FILE", "seed_ledger", "session_event"]
+__all__ = [
+    "Fleet",
+    "FleetNotRunning",
+    "namespace_for",
+    "FLEET_FILE",
+    "seed_ledger",
+    "session_event",
+]
 
 FLEET_FILE = "fleet.json"
 SETTLED = frozenset({"completed", "failed", "cancelled", "awaiting_review"})
 
 
-def namespace_for(home: Path) -> str:
-    return "fleetlog-" + hashlib.sha1(str(home.resolve()).encode()).hexdigest()[:12]
+class FleetNotRunning(FleetlogError):
+    """Ray answers, but no fleet of this home (or database) runs in it."""
+
+
+def namespace_for(home: Path, log: str = "file") -> str:
+    """The Ray namespace a fleet's named actors live in: how any process finds the fleet.
+
+    A fleet on files is this machine's home; a fleet on the shared log is its
+    database (host:port/db), so a CLI on any node, or a ``ray job submit`` job,
+    finds it from the same ``FLEETLOG_LOG`` alone.
+    """
+    key = str(home.resolve()) if log == "file" else "pg:" + _where(log)
+    return "fleetlog-" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 def session_event(config: Config, task: Task, session_id: str) -> SessionCreated:
@@ -330,10 +351,40 @@ class _Dispatcher:
         result: tuple[bool, str] = await owner.command.remote(session_id, command)
         return result
 
-    async def statuses(self) -> list[dict[str, Any]]:
+    async def host_count(self) -> int:
+        """How many hosts this fleet has: what ``Fleet.join`` needs to find them by name."""
+        return len(self.hosts)
+
+    async def statuses(self, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every session the hosts hold; with ``ids``, also those of them that ended
+        before their host (re)started (a restarted host loads only what is unfinished)."""
         calls = (h.statuses.remote() for h in self.hosts)
         parts: list[list[dict[str, Any]]] = await asyncio.gather(*calls)
-        return [row for part in parts for row in part]
+        rows = [row for part in parts for row in part]
+        if ids:
+            held = {row["id"] for row in rows}
+            missing = [sid for sid in ids if sid not in held]
+            if missing:
+                rows.extend(await self._ended(missing))
+        return rows
+
+    async def _ended(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Rows of ended sessions from the projections (a moment behind the log at most)."""
+        projector = _projector_handle(self.namespace)
+        if projector is None:
+            return []
+        quoted = ", ".join("'" + sid.replace("'", "''") + "'" for sid in ids)
+        reply: dict[str, Any] = await projector.query.remote(
+            "SELECT id, task_id, status, agent_type, tenant, step_count, token_count, "
+            f"round(cost_usd, 6)::DOUBLE AS cost_usd, error, restarts FROM agent_executions "
+            f"WHERE id IN ({quoted}) AND status IN ('completed', 'failed', 'cancelled')"
+        )
+        if "table" not in reply:
+            return []
+        rows: list[dict[str, Any]] = reply["table"].to_pylist()
+        for row in rows:
+            row.update(error=row["error"] or "", refused_calls=0, reviews=[])
+        return rows
 
 
 class Fleet:
@@ -361,6 +412,7 @@ class Fleet:
     ) -> Fleet:
         home = home.resolve()
         log = log_spec(config.fleet.log)
+        namespace = namespace_for(home, log)
         if log == "file":
             (home / "log").mkdir(parents=True, exist_ok=True)
         else:
@@ -372,7 +424,6 @@ class Fleet:
             finally:
                 checked.close()
             home.mkdir(parents=True, exist_ok=True)
-        namespace = namespace_for(home)
         lifetime = "detached" if detached else None
         budgets = budgets_of(config)
 
@@ -429,12 +480,13 @@ class Fleet:
     def join(cls, home: Path, config: Config) -> Fleet:
         """Handles to a fleet started by another process (``fleetlog up``)."""
         home = home.resolve()
-        namespace = namespace_for(home)
-        info = json.loads((home / FLEET_FILE).read_text())
-        hosts = [
-            ray.get_actor(f"fleetlog-host-{i}", namespace=namespace) for i in range(info["hosts"])
-        ]
-        dispatcher = ray.get_actor("fleetlog-dispatcher", namespace=namespace)
+        namespace = namespace_for(home, log_spec(config.fleet.log))
+        try:
+            dispatcher: Any = ray.get_actor("fleetlog-dispatcher", namespace=namespace)
+        except ValueError:
+            raise FleetNotRunning(f"no fleet is running in this Ray cluster for {home}") from None
+        count: int = ray.get(dispatcher.host_count.remote(), timeout=60)
+        hosts = [ray.get_actor(f"fleetlog-host-{i}", namespace=namespace) for i in range(count)]
         actors = {
             "projector": _projector_handle(namespace),
             "ledger": None,
@@ -473,8 +525,10 @@ class Fleet:
             raise FleetlogError(error)
         return bool(found)
 
-    def statuses(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = ray.get(self.dispatcher.statuses.remote())
+    def statuses(self, ids: set[str] | None = None) -> list[dict[str, Any]]:
+        """Sessions' rows: every one the hosts hold, and those of ``ids`` that have ended."""
+        wanted = sorted(ids) if ids else None
+        result: list[dict[str, Any]] = ray.get(self.dispatcher.statuses.remote(wanted))
         return result
 
     def wait_settled(
@@ -483,7 +537,7 @@ class Fleet:
         """Poll until every session is terminal or awaiting review (or ``timeout``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            rows = [r for r in self.statuses() if r["id"] in session_ids]
+            rows = [r for r in self.statuses(session_ids) if r["id"] in session_ids]
             if len(rows) == len(session_ids) and all(r["status"] in SETTLED for r in rows):
                 return rows
             if deadline is not None and time.monotonic() > deadline:

@@ -175,7 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise FleetlogError("two tasks map to the same session (duplicate ids)")
     _sandbox_line(config)
     _check_log(home, config)
-    with _ray(args.address, namespace_for(home)) as address:
+    with _ray(args.address, namespace_for(home, _log_spec(args))) as address:
         started = time.monotonic()
         fleet = Fleet.start(home, config, hosts=hosts)
         fleet.write_fleet_file(address)
@@ -246,7 +246,7 @@ def _watch(
     from fleetlog.actors.fleet import SETTLED
 
     def poll() -> tuple[list[dict[str, Any]], bool]:
-        rows = [r for r in fleet.statuses() if r["id"] in session_ids]
+        rows = [r for r in fleet.statuses(session_ids) if r["id"] in session_ids]
         done = len(rows) == len(session_ids) and all(r["status"] in SETTLED for r in rows)
         return rows, done
 
@@ -362,12 +362,35 @@ def _stop_ray_started_for(home: Path) -> int:
     return len(pids)
 
 
-def _fleet_info(home: Path) -> dict[str, Any]:
-    path = home / "fleet.json"
-    if not path.exists():
-        raise FleetlogError(f"no fleet is up for {home} (start one with `fleetlog up`)")
-    info: dict[str, Any] = json.loads(path.read_text())
+def _fleet_info(args: argparse.Namespace) -> dict[str, Any]:
+    info = _fleet_location(args)
+    if info is None:
+        home = _home(args).resolve()
+        raise FleetlogError(
+            f"no fleet is up for {home} (start one with `fleetlog up`; on a Ray cluster, "
+            "set RAY_ADDRESS to find its fleet by name)"
+        )
     return info
+
+
+def _fleet_location(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Which Ray to ask for the fleet's named actors, and in which namespace; None: none.
+
+    ``HOME/fleet.json`` on the machine that ran ``fleetlog up``; anywhere else in a
+    cluster (another node, a ``ray job submit`` job) ``RAY_ADDRESS`` and the fleet's
+    log (``FLEETLOG_LOG``) are enough: the actors are found by name.
+    """
+    home = _home(args).resolve()
+    path = home / "fleet.json"
+    if path.exists():
+        info: dict[str, Any] = json.loads(path.read_text())
+        return info
+    address = getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return None
+    from fleetlog.actors.fleet import namespace_for
+
+    return {"address": address, "namespace": namespace_for(home, _log_spec(args))}
 
 
 def _ray_auth(home: Path, *, create: bool = False) -> None:
@@ -431,7 +454,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise FleetlogError(f"could not start Ray: {last[0] if last else proc.returncode}")
         address = f"127.0.0.1:{port}"
         started_ray = True
-    with _ray(address, namespace_for(home)):
+    with _ray(address, namespace_for(home, _log_spec(args))):
         fleet = Fleet.start(home, config, hosts=hosts, detached=True)
         fleet.write_fleet_file(address, started_ray=started_ray)
     _out(f"fleet up: {hosts} host(s) on Ray at {address}; home {home}")
@@ -442,7 +465,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     from fleetlog.actors.fleet import Fleet
 
     home = _home(args).resolve()
-    info = _fleet_info(home)
+    info = _fleet_info(args)
     try:
         with _ray(info["address"], info["namespace"]):
             Fleet.join(home, _config(args)).shutdown()
@@ -462,7 +485,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from fleetlog.actors.fleet import SETTLED, Fleet
 
     home = _home(args).resolve()
-    info = _fleet_info(home)
+    info = _fleet_info(args)
     raw: dict[str, object] = {"prompt": args.prompt, "agent": args.agent, "tenant": args.tenant}
     if args.id:
         raw["id"] = args.id
@@ -475,7 +498,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _out(session_id)
         if args.wait:
             while True:
-                rows = [r for r in fleet.statuses() if r["id"] == session_id]
+                rows = [r for r in fleet.statuses({session_id}) if r["id"] == session_id]
                 if rows and rows[0]["status"] in SETTLED:
                     row = rows[0]
                     _err(
@@ -608,7 +631,8 @@ def _decide(args: argparse.Namespace, kind: str) -> int:
         call_hash=getattr(args, "hash", "") or "",
     )
     # Either way the decision is durable in the log before this returns (SPEC §4).
-    if (home / "fleet.json").exists() and _route_to_fleet(home, args, command):
+    info = _fleet_location(args)
+    if info is not None and _route_to_fleet(home, info, args, command):
         _out(f"{kind}: recorded; the running fleet goes on with the session")
         return 0
     if _append_offline(args, args.session, command):
@@ -618,16 +642,19 @@ def _decide(args: argparse.Namespace, kind: str) -> int:
     return 0
 
 
-def _route_to_fleet(home: Path, args: argparse.Namespace, command: Any) -> bool:
-    from fleetlog.actors.fleet import Fleet
+def _route_to_fleet(
+    home: Path, info: dict[str, Any], args: argparse.Namespace, command: Any
+) -> bool:
+    from fleetlog.actors.fleet import Fleet, FleetNotRunning
 
-    info = json.loads((home / "fleet.json").read_text())
     try:
         with _ray(info["address"], info["namespace"]):
             fleet = Fleet.join(home, _config(args))
             if not fleet.command(args.session, command):
                 raise SessionNotFound(args.session)
             return True
+    except FleetNotRunning:
+        return False  # Ray is up, the fleet is not: the log is the way
     except FleetlogError:
         raise
     except Exception:
@@ -720,10 +747,10 @@ def _projections(cli: argparse.Namespace, method: str, *args: Any) -> dict[str, 
     from fleetlog.projections.service import answer
 
     home = _home(cli).resolve()
-    if (home / "fleet.json").exists():
+    info = _fleet_location(cli)
+    if info is not None:
         import ray
 
-        info = json.loads((home / "fleet.json").read_text())
         try:
             with _ray(info["address"], info["namespace"]):
                 actor = ray.get_actor("fleetlog-projector", namespace=info["namespace"])

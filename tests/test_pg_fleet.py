@@ -202,3 +202,34 @@ def test_a_bad_dsn_is_one_line_before_any_actor_starts(
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "s3cretpw" not in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+
+
+def test_a_fleet_on_the_shared_log_is_found_by_name_from_anywhere(
+    pg_database: str, tmp_path: Path
+) -> None:
+    """No fleet.json needed: RAY_ADDRESS and FLEETLOG_LOG find the fleet's named actors."""
+    dsn = pg_database
+    head = tmp_path / "head"
+    up = _cli("up", "--home", str(head), "--hosts", "1", env={"FLEETLOG_LOG": dsn}, cwd=tmp_path)
+    assert up.returncode == 0, up.stderr
+    address = json.loads((head / "fleet.json").read_text())["address"]
+    elsewhere = {"FLEETLOG_LOG": dsn, "FLEETLOG_HOME": str(tmp_path / "another-node")}
+    try:
+        submitted = _cli(
+            "submit",
+            "Write a short report about topic 3",
+            "--id",
+            "found",
+            "--wait",
+            env={**elsewhere, "RAY_ADDRESS": address},
+            cwd=tmp_path,
+        )
+        assert submitted.returncode == 0, submitted.stderr
+        assert "s-found" in submitted.stdout
+        assert fold("s-found", _streams(dsn)["s-found"]).terminal
+        nowhere = _cli("submit", "x", env=elsewhere, cwd=tmp_path)
+        assert nowhere.returncode == 1
+        assert "no fleet is up" in nowhere.stderr and "Traceback" not in nowhere.stderr
+    finally:
+        down = _cli("down", "--home", str(head), env={"FLEETLOG_LOG": dsn}, cwd=tmp_path)
+    assert down.returncode == 0, down.stderr

@@ -206,7 +206,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--think-ms", type=int, default=300)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--settle-s", type=float, default=240.0)
     args = parser.parse_args()
+    # Stopped from outside (a test's timeout): still take the cluster and the database down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     root = Path(args.root)
     chaos = Chaos(root, args)
     started = time.monotonic()
@@ -261,7 +264,7 @@ def main() -> None:
             chaos.wait_steps(fleet, ids, base + 3 * per_round, 60)
             chaos.snapshot(dsn, f"round {r + 1}: PostgreSQL restart")
             chaos.restart_postgres(server)
-        rows = chaos.settle(fleet, ids, 600)
+        rows = chaos.settle(fleet, ids, args.settle_s)
         chaos.timeline.append(("settled", round(time.monotonic() - chaos.started, 1)))
         live = {name: fleet_query(fleet, sql) for name, sql in CHECKED_TABLES.items()}
         fleet.shutdown()

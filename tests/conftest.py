@@ -33,6 +33,8 @@ def ray_session() -> Iterator[None]:
     import ray
 
     ray.init(
+        # A new local Ray, never one a killed test left behind in ray_current_cluster.
+        address="local",
         num_cpus=4,
         include_dashboard=False,
         logging_level=logging.ERROR,

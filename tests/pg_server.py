@@ -11,6 +11,11 @@ system user (the Debian package creates it), otherwise as the current user. It
 listens on 127.0.0.1 on a free port, keeps its Unix socket in its own directory,
 trusts loopback connections and runs with ``fsync=on``. A missing PostgreSQL is a
 test failure, never a skip: ``scripts/setup`` installs it.
+
+For fault tests, a ``PgServer`` of their own (never the shared one) can be
+crashed and brought back on the same port: ``restart("immediate")``, ``kill()``
+(SIGKILL of the postmaster) then ``resume()``, ``halt()`` then ``resume()``;
+``require_password`` adds a role that must log in with a password.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,24 +114,7 @@ class PgServer:
         last_error = ""
         for _attempt in range(5):  # a free port can be taken between probe and bind
             self.port = _free_port()
-            options = (
-                f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                f"-c unix_socket_directories={self.root} -c fsync=on "
-                "-c max_connections=200"
-            )
-            done = self._run(
-                str(PG_BIN / "pg_ctl"),
-                "start",
-                "-w",
-                "-t",
-                "60",
-                "-D",
-                str(self.data),
-                "-l",
-                str(self.root / "server.log"),
-                "-o",
-                options,
-            )
+            done = self._pg_ctl_start()
             if done.returncode == 0:
                 self.started = True
                 return
@@ -133,13 +123,114 @@ class PgServer:
         tail = _last_line(log.read_text(errors="replace")) if log.exists() else last_error
         pytest.fail(f"PostgreSQL did not start: {tail}", pytrace=False)
 
-    def stop(self) -> None:
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+            f"-c unix_socket_directories={self.root} -c fsync=on "
+            "-c max_connections=200"
+        )
+        return self._run(
+            str(PG_BIN / "pg_ctl"),
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            options,
+        )
+
+    def _check(self, done: subprocess.CompletedProcess[str], what: str) -> None:
+        if done.returncode != 0:
+            log = self.root / "server.log"
+            tail = _last_line(log.read_text(errors="replace")) if log.exists() else ""
+            detail = _last_line(done.stderr or done.stdout)
+            pytest.fail(f"PostgreSQL {what} failed: {detail} ({tail})", pytrace=False)
+
+    # --- faults, for tests of what clients do when the server goes away -----------------
+
+    def restart(self, mode: str = "immediate") -> None:
+        """``pg_ctl restart -m mode``: same port and options; ``immediate`` is a crash
+        (no shutdown checkpoint: crash recovery replays the WAL on start)."""
+        done = self._run(
+            str(PG_BIN / "pg_ctl"),
+            "restart",
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+        )
+        self._check(done, f"restart -m {mode}")
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server but keep its data: :meth:`resume` starts it again, same port."""
+        done = self._run(str(PG_BIN / "pg_ctl"), "stop", "-m", mode, "-w", "-D", str(self.data))
+        self._check(done, f"stop -m {mode}")
+        self.started = False
+
+    def resume(self) -> None:
+        """Start a halted (or killed) server again on the same port."""
+        done = self._pg_ctl_start()
+        for _attempt in range(50):  # after kill(): until the old shared memory is released
+            if done.returncode == 0:
+                break
+            time.sleep(0.1)
+            done = self._pg_ctl_start()
+        self._check(done, "start")
+        self.started = True
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster (its backends exit on noticing); :meth:`resume` recovers."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.started = False
+
+    def require_password(self, role: str, password: str) -> str:
+        """Create a login role that must authenticate with scram-sha-256 over TCP.
+
+        Every other role stays trusted. Returns the role's DSN for ``postgres``.
+        """
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                    psycopg.sql.Identifier(role), psycopg.sql.Literal(password)
+                )
+            )
+            hba = self.data / "pg_hba.conf"
+            hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+            conn.execute("SELECT pg_reload_conf()")
+        return f"postgresql://{role}:{password}@127.0.0.1:{self.port}/postgres"
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server and delete it (``immediate`` skips the shutdown checkpoint)."""
         try:
             if self.started:
-                self._run(str(PG_BIN / "pg_ctl"), "stop", "-m", "fast", "-w", "-D", str(self.data))
+                self._run(str(PG_BIN / "pg_ctl"), "stop", "-m", mode, "-w", "-D", str(self.data))
                 self.started = False
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, reparented to an init that does not reap, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _last_line(text: str) -> str:

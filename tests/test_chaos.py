@@ -10,30 +10,45 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 HERE = Path(__file__).parent
 LONG = os.environ.get("FLEETLOG_CHAOS_LONG") == "1"
 
 
+@pytest.mark.timeout(3900 if LONG else 900)
 def test_nothing_acknowledged_is_lost_and_nothing_is_done_twice(tmp_path: Path) -> None:
     args = ["--sessions", "1000", "--rounds", "3", "--kills", "5"] if LONG else []
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    proc = subprocess.run(
+    # Its own process group: whatever happens, its Ray nodes and PostgreSQL go with it.
+    proc = subprocess.Popen(
         [sys.executable, str(HERE / "chaos_driver.py"), str(tmp_path), *args],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=3600 if LONG else 900,
-        check=False,
         env=env,
         cwd=HERE,
+        start_new_session=True,
     )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    try:
+        stdout, stderr = proc.communicate(timeout=3600 if LONG else 840)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the driver cleans up on SIGTERM
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+    proc_stdout, proc_stderr = stdout, stderr
+    lines = [line for line in proc_stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and lines, proc_stdout[-3000:] + proc_stderr[-3000:]
     report = json.loads(lines[-1])
-    table = [line for line in proc.stderr.splitlines() if line.startswith("|")]
+    table = [line for line in proc_stderr.splitlines() if line.startswith("|")]
     print("\n".join(table))  # shown with -s, and kept in the CI log on failure
     rounds = 3 if LONG else 1
     assert report["faults"]["node lost"] == rounds

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from contract_log import EventLogContract, Reopen
@@ -41,16 +40,3 @@ class TestPostgresLogContract(EventLogContract):
 def test_is_an_event_log(pg_database: str) -> None:
     with PostgresLog.open(pg_database) as log:
         assert isinstance(log, EventLog)
-
-
-def test_a_fleet_refuses_the_postgres_log_until_it_is_wired(tmp_path: Path) -> None:
-    """Accepted by the config parser (SPEC §6), but refused in one line by a fleet that
-    would otherwise write FileLog partitions and silently ignore it."""
-    from fleetlog.actors.fleet import Fleet
-    from fleetlog.config import parse_config
-    from fleetlog.events.errors import FleetlogError
-
-    config = parse_config('[fleet]\nlog = "postgresql://u@db/fleet"\n')
-    with pytest.raises(FleetlogError, match="not wired into the fleet yet"):
-        Fleet.start(tmp_path, config, hosts=1)
-    assert not (tmp_path / "log").exists()

@@ -94,7 +94,9 @@ async def _sessions_view(projector: Any) -> SessionsView | None:
     if projector is None:
         return None
     try:
-        view: SessionsView | None = await asyncio.wait_for(projector.sessions.remote(), 30)
+        # Short: a projector lost with its node is rebuilding elsewhere, and a host
+        # waiting for it keeps its sessions stopped; the log alone is enough to go on.
+        view: SessionsView | None = await asyncio.wait_for(projector.sessions.remote(), 5)
     except Exception:
         return None
     return view

@@ -35,6 +35,7 @@ from pathlib import Path
 from bench.histories import Append, session_history
 from fleetlog.config import session_id_for
 from fleetlog.events.filelog import FileLog
+from fleetlog.events.source import FileSource
 
 # The rebuild's own pieces, for the floor figure (what a rebuild costs with no folding).
 from fleetlog.projections.projector import (
@@ -46,7 +47,6 @@ from fleetlog.projections.projector import (
     _remove_db,
     _segment_jobs,
     _segment_tables,
-    partitions,
 )
 
 _IN_FLIGHT = 1_000
@@ -149,8 +149,8 @@ def bench_floor(home: Path) -> float:
     if the folded tables cost nothing. It tells a goal that folding can miss
     from one the machine cannot reach.
     """
-    parts = partitions(home)
-    jobs = _segment_jobs(parts, _heads(parts))
+    source = FileSource(home / "log")
+    jobs = _segment_jobs(source.paths(), _heads(source))
     scratch = home / "floor.duckdb"
     _remove_db(scratch)
     con = _connect(scratch)

@@ -74,7 +74,7 @@ def main() -> None:
             raise SystemExit("sessions never got going")
         time.sleep(0.05)
     before = {r["id"]: r["status"] for r in fleet.statuses()}
-    cluster.remove_node(worker)
+    cluster.remove_node(worker, allow_graceful=False)  # abrupt: no SIGTERM first
     approvals = 0
     deadline = time.monotonic() + 240
     while True:

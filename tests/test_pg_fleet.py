@@ -108,11 +108,14 @@ def test_a_killed_host_resumes_its_sessions_from_the_shared_log(
 ) -> None:
     dsn = pg_database
     home = tmp_path / "home"
-    os.environ["FLEETLOG_SCRIPTED_LATENCY_MS"] = "30"
-    try:
-        fleet = Fleet.start(home, _config(dsn), hosts=2)  # type: ignore[arg-type]
-    finally:
-        del os.environ["FLEETLOG_SCRIPTED_LATENCY_MS"]
+    # Through runtime_env: the test session's Ray workers were started before this test,
+    # so an os.environ change here would never reach the hosts (nor a restarted one).
+    fleet = Fleet.start(
+        home,
+        _config(dsn),  # type: ignore[arg-type]
+        hosts=2,
+        runtime_env={"env_vars": {"FLEETLOG_SCRIPTED_LATENCY_MS": "30"}},
+    )
     try:
         tasks = [t for t in demo_tasks(60, seed=8) if "email" not in str(t["prompt"])][:24]
         ids = _submit(fleet, tasks)

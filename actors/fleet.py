@@ -248,11 +248,21 @@ class _HostActor:
         )
         # Started, or restarted by Ray after a crash: resume this host's sessions now,
         # not when some call happens to reach it. Asked of itself, as a queued call.
+        self._ping_self()
+
+    @staticmethod
+    def _ping_self() -> None:
         with contextlib.suppress(Exception):
             ray.get_runtime_context().current_actor.ping.remote()
 
     async def ping(self) -> int:
-        await self.core.start()
+        try:
+            await self.core.start()
+        except Exception:
+            # Nothing else may call a restarted host for a long time (its sessions only
+            # wait): if its start fails (the log unreachable a moment), try again soon.
+            asyncio.get_running_loop().call_later(1.0, self._ping_self)
+            raise
         return self.core.index
 
     async def pid(self) -> int:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkab
 
 from fleetlog.events.errors import FleetlogError, ToolError
 from fleetlog.events.faults import crash_point
+from fleetlog.events.filelog import fsync_dir
 
 if TYPE_CHECKING:
     import psycopg
@@ -83,14 +84,6 @@ class Outbox(Protocol):
 
 
 # --- one machine: files ----------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _HEADERS: Final = email.parser.BytesHeaderParser(policy=email.policy.default)
@@ -132,7 +125,7 @@ class FileOutbox:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _fsync_dir(outbox)
+        fsync_dir(outbox)
         crash_point("after_outbox_write")
         return True
 

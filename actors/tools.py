@@ -49,6 +49,7 @@ from fleetlog.actors.egress import EgressProxy
 from fleetlog.actors.outbox import FileOutbox, Outbox
 from fleetlog.actors.sandbox import Sandbox, python_paths
 from fleetlog.events.errors import ToolError, ToolInputError, ToolRefused
+from fleetlog.events.filelog import fsync_dir
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -672,14 +673,6 @@ def _relative(workspace: Path, resolved: Path) -> str:
     return resolved.relative_to(workspace.resolve()).as_posix()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # --- built-in tools --------------------------------------------------------------------
 
 
@@ -756,7 +749,7 @@ def write_file(ctx: ToolContext, path: str, content: str) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return f"wrote {len(data)} bytes to {_relative(ctx.workspace, target)}"
 
 

@@ -64,7 +64,7 @@ from .errors import (
     LogError,
     LogLockedError,
 )
-from .log import _WITH_BLOB_FIELDS, AppendResult, check_append
+from .log import _WITH_BLOB_FIELDS, AppendResult, check_append, settle_future
 from .schema import BlobRef, Envelope, Event
 
 __all__ = [
@@ -467,13 +467,13 @@ class _Append:
             return
         assert self.loop is not None
         if here is self.loop or (here is None and _running_loop() is self.loop):
-            _settle_async(self.afuture, result)
+            settle_future(self.afuture, result)
         else:
             # A closed loop took its waiting task with it (asyncio.run cancels
             # it at exit); the append is committed all the same, and the other
             # requests of this batch must still be told.
             with contextlib.suppress(RuntimeError):
-                self.loop.call_soon_threadsafe(_settle_async, self.afuture, result)
+                self.loop.call_soon_threadsafe(settle_future, self.afuture, result)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -481,17 +481,6 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _settle_async(
-    future: asyncio.Future[AppendResult] | None, result: AppendResult | BaseException
-) -> None:
-    if future is None or future.done():  # the awaiting task may have been cancelled
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
 
 
 class _Accepted:

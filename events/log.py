@@ -6,6 +6,7 @@ same contract suite (``tests/contract_log.py``).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
@@ -15,7 +16,7 @@ import msgspec
 from .blobs import BlobStore
 from .schema import EVENT_TYPES, BlobRef, Envelope, Event, UnknownEvent
 
-__all__ = ["AppendResult", "EventLog", "check_append", "follow"]
+__all__ = ["AppendResult", "EventLog", "check_append", "follow", "settle_future"]
 
 _APPENDABLE = frozenset(t for t in EVENT_TYPES if t is not UnknownEvent)
 _WITH_BLOB_FIELDS = frozenset(t for t in _APPENDABLE if t.blob_fields)
@@ -42,6 +43,18 @@ def check_append(
         bad = next(e for e in events if type(e) not in _APPENDABLE)
         raise TypeError(f"not an appendable event: {bad!r}")
     return not types.isdisjoint(_WITH_BLOB_FIELDS)
+
+
+def settle_future(
+    future: asyncio.Future[AppendResult] | None, result: AppendResult | BaseException
+) -> None:
+    """Hand an append's outcome to the task awaiting it (on its loop's thread)."""
+    if future is None or future.done():  # the awaiting task may have been cancelled
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 class AppendResult(msgspec.Struct, frozen=True):

@@ -118,7 +118,7 @@ from .errors import (
     LogClosedError,
     LogError,
 )
-from .log import AppendResult, check_append
+from .log import AppendResult, check_append, settle_future
 from .schema import BlobRef, Envelope, Event
 
 __all__ = ["MAX_BATCH_APPENDS", "MAX_BATCH_BYTES", "SCHEMA_VERSION", "PostgresLog"]
@@ -376,18 +376,7 @@ class _Request:
         assert self.loop is not None
         # A closed loop took its waiting task with it (asyncio.run cancels it at exit).
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(_settle_async, self.afuture, outcome)
-
-
-def _settle_async(
-    future: asyncio.Future[AppendResult] | None, outcome: AppendResult | LogError
-) -> None:
-    if future is None or future.done():  # the awaiting task may have been cancelled
-        return
-    if isinstance(outcome, LogError):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+            self.loop.call_soon_threadsafe(settle_future, self.afuture, outcome)
 
 
 class _Attempt:

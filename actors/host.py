@@ -147,6 +147,12 @@ class HostCore:
             node=socket.gethostname(),
             compact_at=config.context.compact_at,
             keep_recent_turns=config.context.keep_recent_turns,
+            context={
+                "compact_to": config.context.compact_to,
+                "max_tool_result_share": config.context.max_tool_result_share,
+                "max_compaction_failures": config.context.max_compaction_failures,
+                "summary_max_tokens": config.context.summary_max_tokens,
+            },
         )
         self.deps.sandbox, self.deps.sandbox_state = sandbox_for(config, home)
         self.deps.network_for = lambda agent: tuple(config.agent(agent).network)

@@ -16,16 +16,33 @@ that record it, following DESIGN.md's effect table:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
+from fleetlog.actors.context import (
+    READ_OUTPUT,
+    apply_clear,
+    apply_summary,
+    clear_plan,
+    message_tokens,
+    overflow_tokens,
+    repair,
+    summary_range,
+    task_of,
+    text_tokens,
+    verify,
+)
 from fleetlog.events.schema import (
     ContextCompacted,
+    ContextRepaired,
     Envelope,
     Event,
     LimitExceeded,
+    ModelCallFailed,
+    ModelCallRequested,
     ModelResponded,
     ReviewDecided,
     ReviewRequested,
@@ -55,7 +72,15 @@ __all__ = [
     "decide",
     "fail",
     "estimate_context_tokens",
+    "raw_request_tokens",
+    "offered_tools",
+    "summary_budget",
+    "output_room",
+    "COMPACTION",
 ]
+
+#: ``purpose`` of a model call that writes a compaction summary (not a step of the task).
+COMPACTION = "compaction"
 
 Message = dict[str, Any]
 
@@ -71,7 +96,18 @@ class AgentState(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float = 0.0  # the session's first event: total time survives restarts
     last_stop_reason: str = ""
     final_text: str = ""
-    context_chars: int = 0  # JSON size of ``messages``, kept as they change (token estimates)
+    # --- context accounting (``context.py``): all derived from events, so replay agrees
+    message_tokens: tuple[int, ...] = ()  # raw estimate of each message, kept as they change
+    system_tokens: int = 0
+    #: model -> reported input tokens / raw estimate, from the replies (and 400s) so far
+    calibration: dict[str, float] = {}
+    basis: int = 0  # raw estimate of the request in flight (ModelCallRequested)
+    pending_purpose: str = ""  # of the request in flight: "" (a step) or COMPACTION
+    pending_upto: int = 0  # a summary request in flight replaces messages[1:pending_upto]
+    compaction_failures: int = 0  # in a row: failed summaries, "prompt is too long" answers
+    summary_calls: int = 0
+    paged: bool = False  # some output was cut or cleared: read_output is offered
+    repaired: bool = False  # the conversation was just repaired (twice in a row is a bug)
 
 
 class LoopConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +115,17 @@ class LoopConfig(msgspec.Struct, frozen=True, kw_only=True):
     compact_at: float = 0.8
     keep_recent_turns: int = 4
     idempotent_tools: frozenset[str] = frozenset()
+    #: What a compaction aims for (fraction of the window): well under ``compact_at``,
+    #: so that the next steps do not compact again at once.
+    compact_to: float = 0.5
+    #: A tool result over this share of the window is cut to head and tail at ingestion.
+    max_tool_result_share: float = 0.1
+    #: Compactions that may fail in a row before the session ends CONTEXT_EXHAUSTED.
+    max_compaction_failures: int = 3
+    summary_max_tokens: int = 2048
+    tools_tokens: int = 0  # raw estimate of the tool definitions sent with each request
+    max_tokens: int = 4096  # output tokens asked for, when the window has room
+    min_output_tokens: int = 256  # a request leaving less room than this does not fit
 
 
 class Finish(msgspec.Struct, frozen=True):
@@ -101,6 +148,8 @@ class CallModel(msgspec.Struct, frozen=True):
     step: int
     request_id: str
     again: bool = False  # a call requested before a crash and never answered
+    purpose: str = ""  # "" (the next step) or COMPACTION (a summary of messages[1:upto])
+    upto: int = 0
 
 
 class VetCall(msgspec.Struct, frozen=True):
@@ -129,6 +178,22 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(msgspec.to_builtins(value))
 
 
+def _calibrated(state: AgentState, model: str, observed: int, *, floor: bool) -> dict[str, float]:
+    """The calibration after a request of ``state.basis`` raw tokens was ``observed`` tokens.
+
+    A running mean of the last ratio and the new one; ``floor`` (the API refused the
+    request as too long) never lets the ratio fall, whatever the mean says.
+    """
+    if state.basis <= 0 or observed <= 0:
+        return state.calibration
+    ratio = min(max(observed / state.basis, 0.25), 4.0)
+    old = state.calibration.get(model)
+    new = ratio if old is None else (old + ratio) / 2
+    if floor and old is not None:
+        new = max(new, ratio, old)
+    return {**state.calibration, model: round(new, 6)}
+
+
 def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
     event = envelope.event
     changes: dict[str, Any] = {"session": evolve(state.session, envelope)}
@@ -137,22 +202,47 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
         case SessionCreated():
             changes["messages"] = ({"role": "user", "content": _text(event.prompt)},)
             changes["started_at"] = envelope.ts
+            changes["system_tokens"] = text_tokens(event.system)
+        case ModelCallRequested():
+            changes["basis"] = event.estimate_basis
+            changes["pending_purpose"] = event.purpose
+            changes["pending_upto"] = event.compact_upto
+            changes["repaired"] = False
+            if event.purpose == COMPACTION:
+                changes["summary_calls"] = state.summary_calls + 1
         case ModelResponded():
-            blocks: list[Message] = json.loads(_text(event.content))
-            changes["messages"] = (*state.messages, {"role": "assistant", "content": blocks})
-            changes["step_calls"] = tuple(b["id"] for b in blocks if b.get("type") == "tool_use")
-            changes["results"] = {}
-            changes["last_stop_reason"] = event.stop_reason
-            changes["final_text"] = "\n".join(
-                b.get("text", "") for b in blocks if b.get("type") == "text"
-            ).strip()
+            model = state.session.model
+            observed = event.input_tokens + event.cache_read_tokens + event.cache_write_tokens
+            changes["calibration"] = _calibrated(state, model, observed, floor=False)
+            changes["pending_purpose"] = ""
+            if event.purpose != COMPACTION:  # a summary is not a turn: ContextCompacted uses it
+                blocks: list[Message] = json.loads(_text(event.content))
+                changes["messages"] = (*state.messages, {"role": "assistant", "content": blocks})
+                changes["step_calls"] = tuple(
+                    b["id"] for b in blocks if b.get("type") == "tool_use"
+                )
+                changes["results"] = {}
+                changes["last_stop_reason"] = event.stop_reason
+                changes["final_text"] = "\n".join(
+                    b.get("text", "") for b in blocks if b.get("type") == "text"
+                ).strip()
+                changes["compaction_failures"] = 0
+        case ModelCallFailed():
+            changes["pending_purpose"] = ""
+            too_long = overflow_tokens(event.error) if event.status_code == 400 else None
+            if too_long is not None:
+                # The API counted the request: the best calibration there is.
+                model = state.session.model
+                changes["calibration"] = _calibrated(state, model, too_long[0], floor=True)
+            if too_long is not None or event.purpose == COMPACTION:
+                changes["compaction_failures"] = state.compaction_failures + 1
         case ToolCallProposed():
             changes["signatures"] = (*state.signatures, f"{event.tool}\x00{_text(event.input)}")
         case ToolCallCompleted():
-            result = (
-                event.call_id,
-                _tool_result(event.call_id, _text(event.output), is_error=event.is_error),
-            )
+            shown = event.excerpt or _text(event.output)
+            result = (event.call_id, _tool_result(event.call_id, shown, is_error=event.is_error))
+            if event.excerpt:
+                changes["paged"] = True
         case ToolCallFailed():
             result = event.call_id, _tool_result(event.call_id, event.error, is_error=True)
         case ToolCallRejected():
@@ -162,18 +252,17 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
             text = f"denied by reviewer {event.reviewer or ''}".rstrip() + note
             result = event.call_id, _tool_result(event.call_id, text, is_error=True)
         case ContextCompacted():
-            task = state.messages[0]["content"]
-            if isinstance(task, list):  # compacted before: its first block is the task
-                task = task[0]["text"]
-            summary = _text(event.summary)
-            head: Message = {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": _text(task)},
-                    {"type": "text", "text": f"[Earlier steps, compacted]\n{summary}"},
-                ],
-            }
-            changes["messages"] = (head, *state.messages[1 + event.dropped_messages :])
+            if event.stage == "clear_tool_results":
+                changes["messages"] = apply_clear(state.messages, event.cleared)
+                changes["paged"] = True
+            else:  # "summarize" (or "digest", from older versions): the head replaces a range
+                upto = event.first_message + event.dropped_messages
+                changes["messages"] = apply_summary(state.messages, upto, _text(event.summary))
+                changes["compaction_failures"] = 0
+                changes["pending_upto"] = 0
+        case ContextRepaired():
+            changes["messages"] = repair(state.messages, task_of(state.messages))
+            changes["repaired"] = True
         case _:
             pass
     if result is not None and result[0] in state.step_calls:
@@ -190,11 +279,12 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
     messages = changes.get("messages")
     if messages is not None:
         old = state.messages
-        if len(messages) > len(old) and messages[: len(old)] == old:
-            grown = sum(len(json.dumps(m)) + 2 for m in messages[len(old) :])
-            changes["context_chars"] = state.context_chars + grown
+        counted = state.message_tokens
+        if len(messages) > len(old) and len(counted) == len(old) and messages[: len(old)] == old:
+            grown = tuple(message_tokens(m) for m in messages[len(old) :])
+            changes["message_tokens"] = counted + grown
         else:
-            changes["context_chars"] = len(json.dumps(messages))
+            changes["message_tokens"] = tuple(message_tokens(m) for m in messages)
     return msgspec.structs.replace(state, **changes)
 
 
@@ -217,9 +307,37 @@ def fail(code: str, detail: str, *, limit: float = 0.0, value: float = 0.0) -> E
     )
 
 
-def estimate_context_tokens(state: AgentState) -> int:
-    """~4 characters a token over the conversation: cheap, and only used to trigger compaction."""
-    return state.context_chars // 4 + len(state.session.system) // 4
+def raw_request_tokens(state: AgentState, config: LoopConfig) -> int:
+    """The uncalibrated estimate of the next request: messages, system prompt, tools."""
+    return sum(state.message_tokens) + state.system_tokens + config.tools_tokens
+
+
+def estimate_context_tokens(state: AgentState, config: LoopConfig | None = None) -> int:
+    """The next request's input tokens: the raw estimate times the model's calibration."""
+    raw = raw_request_tokens(state, config or LoopConfig())
+    return math.ceil(raw * state.calibration.get(state.session.model, 1.0))
+
+
+def output_room(estimate: int, window: int) -> int:
+    """Output tokens a request of ``estimate`` input tokens leaves in ``window``.
+
+    Input plus ``max_tokens`` must fit the window (the API refuses the request
+    otherwise); the estimate gets a 10% margin for its error.
+    """
+    return window - math.ceil(estimate * 1.1) - 16
+
+
+def summary_budget(config: LoopConfig) -> int:
+    """The most output a summary may take: small next to the window it must fit in."""
+    return max(64, min(config.summary_max_tokens, config.context_window // 8))
+
+
+def offered_tools(state: AgentState) -> tuple[str, ...]:
+    """The session's tools, plus ``read_output`` once some output was cut or cleared."""
+    tools = state.session.tools
+    if state.paged and READ_OUTPUT not in tools:
+        return (*tools, READ_OUTPUT)
+    return tools
 
 
 def _identical_run(signatures: tuple[str, ...], upto: int) -> int:
@@ -232,41 +350,82 @@ def _identical_run(signatures: tuple[str, ...], upto: int) -> int:
     return run
 
 
-def _compaction(state: AgentState, config: LoopConfig) -> ContextCompacted | None:
-    """Drop the oldest whole turns, keeping the task and the last ``keep_recent_turns``.
+def _context(state: AgentState, config: LoopConfig) -> Decision | None:
+    """Before the next request: compact, repair, or give up; None when it may be sent.
 
-    The cut always falls just before an assistant message, so a tool_use and
-    its tool_result (the user message right after it) are never split.
+    Over ``compact_at`` of the window: (a) clear the oldest tool results, aiming at
+    ``compact_to``; when that is not enough, (b) summarize older turns (a model call,
+    which ``decide`` is asked for again until it is answered: one at a time). When
+    neither helps and the request does not fit, or compaction failed
+    ``max_compaction_failures`` times in a row: CONTEXT_EXHAUSTED, never a request the
+    API would refuse.
     """
-    body = state.messages[1:]  # body[0] is an assistant message, then they alternate
-    keep = 2 * config.keep_recent_turns
-    dropped = len(body) - keep
-    dropped -= dropped % 2
-    if dropped <= 0:
-        return None
-    lines = []
-    for message in body[:dropped]:
-        content = message["content"]
-        blocks = content if isinstance(content, list) else [{"type": "text", "text": content}]
-        for block in blocks:
-            kind = block.get("type")
-            if kind == "tool_use":
-                lines.append(f"- called {block['name']}({json.dumps(block.get('input'))[:200]})")
-            elif kind == "tool_result":
-                err = " (error)" if block.get("is_error") else ""
-                lines.append(f"  -> result{err}: {str(block.get('content'))[:200]}")
-            elif kind == "text" and block.get("text"):
-                lines.append(f"- said: {block['text'][:200]}")
-    before = estimate_context_tokens(state)
-    summary = "\n".join(lines)
-    after = before - len(json.dumps(body[:dropped])) // 4 + len(summary) // 4
-    return ContextCompacted(
-        step=state.session.step,
-        tokens_before=before,
-        tokens_after=max(after, 0),
-        dropped_messages=dropped,
-        summary=summary,
-    )
+    s = state.session
+    window = config.context_window
+    estimate = estimate_context_tokens(state, config)
+    ratio = state.calibration.get(s.model, 1.0)
+    if state.compaction_failures >= config.max_compaction_failures:
+        return fail(
+            "CONTEXT_EXHAUSTED",
+            f"compaction failed {state.compaction_failures} times in a row "
+            f"(~{estimate} tokens, {window}-token window)",
+            limit=config.max_compaction_failures,
+            value=state.compaction_failures,
+        )
+    if estimate > config.compact_at * window:
+        keep_from = max(len(state.messages) - 2 * config.keep_recent_turns, 1)
+        need = math.ceil((estimate - config.compact_to * window) / ratio)
+        cleared, saved = clear_plan(state.messages, keep_from, need)
+        if cleared:
+            first = next(
+                i
+                for i, m in enumerate(state.messages)
+                if m["role"] == "user"
+                and isinstance(m["content"], list)
+                and any(b.get("tool_use_id") == cleared[0] for b in m["content"])
+            )
+            return Emit(
+                [
+                    ContextCompacted(
+                        stage="clear_tool_results",
+                        step=s.step,
+                        tokens_before=estimate,
+                        tokens_after=max(estimate - math.floor(saved * ratio), 0),
+                        first_message=first,
+                        dropped_messages=0,
+                        cleared=cleared,
+                    )
+                ]
+            )
+        upto = summary_range(state.messages, config.keep_recent_turns)
+        older = sum(state.message_tokens[1:upto]) * ratio if upto else 0
+        if older > 2 * summary_budget(config):
+            return CallModel(
+                step=s.step,
+                request_id=f"{s.session_id}:compact-{state.summary_calls + 1}",
+                purpose=COMPACTION,
+                upto=upto,
+            )
+    if output_room(estimate, window) < config.min_output_tokens:
+        return fail(
+            "CONTEXT_EXHAUSTED",
+            f"~{estimate} tokens cannot be brought under the {window}-token window "
+            f"(the task and the last {config.keep_recent_turns} turns are kept whole)",
+            limit=window,
+            value=estimate,
+        )
+    problems = verify(state.messages, task_of(state.messages))
+    if problems:
+        if state.repaired:  # the repair did not take: a bug, never a request sent
+            return Emit(
+                [
+                    SessionFailed(
+                        error=f"INTERNAL_ERROR: the conversation cannot be repaired: {problems[0]}"
+                    )
+                ]
+            )
+        return Emit([ContextRepaired(step=s.step, problems=problems[:20])])
+    return None
 
 
 def _close_open_calls(state: AgentState) -> list[Event]:
@@ -324,7 +483,13 @@ def decide(state: AgentState, now: float, config: LoopConfig) -> Decision:
             value=s.cost_usd,
         )
     if s.pending_request:
-        return CallModel(step=s.step, request_id=s.pending_request, again=True)
+        return CallModel(
+            step=s.step,
+            request_id=s.pending_request,
+            again=True,
+            purpose=state.pending_purpose,
+            upto=state.pending_upto,
+        )
 
     for index, call_id in enumerate(state.step_calls):
         if call_id in state.results:
@@ -376,16 +541,8 @@ def decide(state: AgentState, now: float, config: LoopConfig) -> Decision:
             limit=limits.max_steps,
             value=s.step,
         )
-    if estimate_context_tokens(state) > config.compact_at * config.context_window:
-        compacted = _compaction(state, config)
-        if compacted is None or compacted.tokens_after > config.compact_at * config.context_window:
-            return fail(
-                "CONTEXT_EXHAUSTED",
-                f"~{estimate_context_tokens(state)} tokens cannot be brought under "
-                f"{config.compact_at:g} of the {config.context_window}-token window",
-                limit=config.compact_at * config.context_window,
-                value=estimate_context_tokens(state),
-            )
-        return Emit([compacted])
+    context = _context(state, config)
+    if context is not None:
+        return context
     step = s.step + 1
     return CallModel(step=step, request_id=f"{s.session_id}:step-{step}")

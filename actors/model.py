@@ -28,6 +28,7 @@ import anthropic
 import msgspec
 from anthropic.types import Message, MessageParam, ToolUnionParam
 
+from fleetlog.actors.context import SUMMARY_HEADER, SUMMARY_SYSTEM
 from fleetlog.events.errors import ModelError
 
 __all__ = [
@@ -385,9 +386,13 @@ class _Turn(NamedTuple):
 
 
 def _prompt_of(messages: list[dict[str, Any]]) -> str:
+    """The task: the first user message (its first text block, once compacted)."""
     for message in messages:
         if message.get("role") == "user":
-            return _text_of(message.get("content"))
+            content = message.get("content")
+            if isinstance(content, list) and content and isinstance(content[0], dict):
+                return str(content[0].get("text", ""))
+            return _text_of(content)
     return ""
 
 
@@ -564,8 +569,12 @@ class ScriptedModel:
 
     def respond(self, request: ModelRequest) -> ModelReply:
         """The reply to ``request``: synchronous, pure, no I/O (``complete`` only adds latency)."""
+        if request.system == SUMMARY_SYSTEM:
+            return self._summarize(request)
         prompt = _prompt_of(request.messages)
         history = _history(request.messages)
+        # Calls a compaction summary stands for: the agent goes on from where it was.
+        history = [_Turn("", {}, "", False)] * _calls_summarized(request.messages) + history
         action = _decide(prompt, history)
         offered = {str(tool.get("name")) for tool in request.tools}
         if isinstance(action, _Call) and offered and action.name not in offered:
@@ -601,6 +610,42 @@ class ScriptedModel:
             usage=Usage(input_tokens=input_tokens, output_tokens=output_tokens),
             model=request.model,
         )
+
+
+    def _summarize(self, request: ModelRequest) -> ModelReply:
+        """A compaction summary: how many calls the transcript holds, and the last few."""
+        transcript = _text_of(request.messages[-1].get("content")) if request.messages else ""
+        before = _SO_FAR_RE.search(transcript)
+        calls = [line for line in transcript.splitlines() if line.startswith("CALL ")]
+        total = (int(before.group(1)) if before else 0) + len(calls)
+        recent = "\n".join(f"- {line[5:].split(' ', 1)[-1][:100]}" for line in calls[-3:])
+        text = f"Tool calls so far: {total}.\nThe last ones:\n{recent or '- none'}"
+        content = [{"type": "text", "text": text}]
+        return ModelReply(
+            content=content,
+            stop_reason="end_turn",
+            usage=Usage(
+                input_tokens=estimate_tokens(request),
+                output_tokens=max(1, math.ceil(len(msgspec.json.encode(content)) / 4)),
+            ),
+            model=request.model,
+        )
+
+
+_SO_FAR_RE = re.compile(r"Tool calls so far: (\d+)\.")
+
+
+def _calls_summarized(messages: list[dict[str, Any]]) -> int:
+    """The calls the first message's compaction summary (if any) says were made."""
+    content = messages[0].get("content") if messages else None
+    if not isinstance(content, list):
+        return 0
+    for block in content:
+        text = str(block.get("text", "")) if isinstance(block, dict) else ""
+        if text.startswith(SUMMARY_HEADER):
+            found = _SO_FAR_RE.search(text)
+            return int(found.group(1)) if found else 0
+    return 0
 
 
 def _tool_use_id(request: ModelRequest) -> str:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,17 @@ from typing import Any, Protocol
 
 import msgspec
 
+from fleetlog.actors.context import (
+    SUMMARY_SYSTEM,
+    apply_summary,
+    excerpt,
+    message_tokens,
+    overflow_tokens,
+    render_transcript,
+    text_tokens,
+)
 from fleetlog.actors.loop import (
+    COMPACTION,
     AgentState,
     CallModel,
     Emit,
@@ -35,6 +46,10 @@ from fleetlog.actors.loop import (
     evolve_agent,
     fail,
     fold_agent,
+    offered_tools,
+    output_room,
+    raw_request_tokens,
+    summary_budget,
 )
 from fleetlog.actors.model import ModelClient, ModelReply, ModelRequest, cost_usd
 from fleetlog.actors.outbox import Outbox
@@ -53,6 +68,7 @@ from fleetlog.events.log import AppendResult
 from fleetlog.events.schema import (
     BlobRef,
     CancelRequested,
+    ContextCompacted,
     Envelope,
     Event,
     ModelCallFailed,
@@ -132,6 +148,8 @@ class RunnerDeps:
     node: str = ""
     compact_at: float = 0.8
     keep_recent_turns: int = 4
+    #: ``[context]``'s other settings (see ``LoopConfig``): None keeps LoopConfig's defaults.
+    context: dict[str, Any] = field(default_factory=dict)
     clock: Callable[[], float] = time.time
     # After a timeout or a cancel, how long a tool that cannot be interrupted is waited for.
     effect_grace_s: float = DEFAULT_GRACE_S
@@ -173,7 +191,7 @@ class SessionRunner:
     pending: list[Event] = field(default_factory=list)
     #: Set by a cancel: the effect in flight is stopped (or waited for) and recorded.
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _tools_estimate: int = -1
+    _tools_estimate: tuple[tuple[str, ...], int] = ((), -1)
     _workspace: Path | None = None
     #: Why the workspace cannot be trusted here ('' if it can): it held the effects of
     #: earlier tool calls and is not on this node. The next tool call goes to review.
@@ -332,7 +350,16 @@ class SessionRunner:
             compact_at=self.deps.compact_at,
             keep_recent_turns=self.deps.keep_recent_turns,
             idempotent_tools=frozenset(n for n, t in self.deps.tools.items() if t.idempotent),
+            tools_tokens=self._tools_tokens(),
+            **self.deps.context,
         )
+
+    def _tool_defs(self) -> list[dict[str, Any]]:
+        return [
+            self.deps.tools[n].anthropic_tool()
+            for n in offered_tools(self.state)
+            if n in self.deps.tools
+        ]
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -349,6 +376,8 @@ class SessionRunner:
                     return self.state
                 case Emit():
                     await self.commit(decision.events)
+                    if isinstance(decision.events[0], ContextCompacted):
+                        crash_point("after_compaction")
                 case CallModel():
                     await self._bounded(self._call_model(decision), "model call")
                 case VetCall():
@@ -405,19 +434,49 @@ class SessionRunner:
 
     # --- effects ---------------------------------------------------------------------------
 
+    def _request(self, decision: CallModel, config: LoopConfig) -> ModelRequest:
+        """The request ``decision`` asks for, from the state alone (the same after a crash)."""
+        session = self.state.session
+        ratio = self.state.calibration.get(session.model, 1.0)
+        window = config.context_window
+        if decision.purpose == COMPACTION:
+            # The summary request itself must fit: the transcript is clipped to the room
+            # left by the summary's output, with a margin for the estimate's error; each
+            # failure in a row halves what a block may keep.
+            out = summary_budget(config)
+            room = int((window - out) * 0.8 / ratio) - text_tokens(SUMMARY_SYSTEM) - 16
+            cap = max(2000 >> self.state.compaction_failures, 40)
+            transcript = render_transcript(self.state.messages, decision.upto, room, cap)
+            return ModelRequest(
+                model=session.model,
+                system=SUMMARY_SYSTEM,
+                messages=[{"role": "user", "content": transcript}],
+                tools=[],
+                max_tokens=out,
+                request_id=decision.request_id,
+            )
+        estimate = estimate_context_tokens(self.state, config)
+        room = output_room(estimate, window)
+        return ModelRequest(
+            model=session.model,
+            system=session.system,
+            messages=list(self.state.messages),
+            tools=self._tool_defs(),
+            max_tokens=max(min(config.max_tokens, room), 1),
+            request_id=decision.request_id,
+        )
+
     async def _call_model(self, decision: CallModel) -> None:
         session = self.state.session
         pricing = self.deps.pricing_for(session.model)
         client = self.deps.model_for(session.model)
-        tools = [self.deps.tools[n].anthropic_tool() for n in session.tools if n in self.deps.tools]
-        request = ModelRequest(
-            model=session.model,
-            system=session.system,
-            messages=list(self.state.messages),
-            tools=tools,
-            request_id=decision.request_id,
-        )
-        estimate = estimate_context_tokens(self.state) + self._tools_tokens(tools)
+        config = self.loop_config
+        request = self._request(decision, config)
+        if decision.purpose == COMPACTION:
+            basis = message_tokens(request.messages[0]) + text_tokens(request.system)
+        else:
+            basis = raw_request_tokens(self.state, config)
+        estimate = math.ceil(basis * self.state.calibration.get(session.model, 1.0))
         budget = self.deps.budget
         reserve_usd, reserve_tokens = 0.0, 0
         if budget is not None:
@@ -442,6 +501,9 @@ class SessionRunner:
                         reserved_usd=reserve_usd,
                         reserved_tokens=reserve_tokens,
                         max_tokens=request.max_tokens,
+                        purpose=decision.purpose,
+                        estimate_basis=basis,
+                        compact_upto=decision.upto,
                     )
                 ]
             )
@@ -466,6 +528,7 @@ class SessionRunner:
                                 step=decision.step,
                                 request_id=decision.request_id,
                                 error=f"BUDGET_EXHAUSTED: {detail}",
+                                purpose=decision.purpose,
                             ),
                             *fail("BUDGET_EXHAUSTED", detail).events,
                         ]
@@ -479,25 +542,32 @@ class SessionRunner:
             await self._release_budget()
             if not isinstance(e, ModelError):
                 raise
-            await self.commit(
-                [
-                    ModelCallFailed(
-                        step=decision.step,
-                        request_id=decision.request_id,
-                        error=str(e)[:500],
-                        status_code=e.status_code,
-                        retryable=e.retryable,
-                    ),
-                    SessionFailed(error=f"MODEL_ERROR: {str(e)[:300]}"),
-                ]
+            failed = ModelCallFailed(
+                step=decision.step,
+                request_id=decision.request_id,
+                error=str(e)[:500],
+                status_code=e.status_code,
+                retryable=e.retryable,
+                purpose=decision.purpose,
             )
+            too_long = e.status_code == 400 and overflow_tokens(str(e)) is not None
+            if decision.purpose == COMPACTION or too_long:
+                # Not the end of the session: the failure counts towards the circuit
+                # breaker, the API's own count calibrates the estimate, and the loop
+                # compacts (again) before the next request.
+                await self.commit([failed])
+                return
+            await self.commit([failed, SessionFailed(error=f"MODEL_ERROR: {str(e)[:300]}")])
             return
         if answer is None:  # stopped by a cancel: the loop records the cancellation next
             await self._release_budget()
             await self.commit(
                 [
                     ModelCallFailed(
-                        step=decision.step, request_id=decision.request_id, error="cancelled"
+                        step=decision.step,
+                        request_id=decision.request_id,
+                        error="cancelled",
+                        purpose=decision.purpose,
                     )
                 ]
             )
@@ -519,8 +589,16 @@ class SessionRunner:
                 cache_write_tokens=usage.cache_write_tokens,
                 cost_usd=spent_usd,
                 latency_ms=latency_ms,
+                purpose=decision.purpose,
             )
         ]
+        if decision.purpose == COMPACTION:
+            events += self._compacted(reply, decision, config)
+            self.stage(events)
+            self._release_after_flush = budget is not None
+            await self.flush()
+            crash_point("after_compaction")
+            return
         seen = set(self.state.session.tool_calls)
         rejected: list[Event] = []
         for n, block in enumerate(reply.content):
@@ -596,10 +674,54 @@ class SessionRunner:
             return None
         return call.result(), (time.perf_counter() - started) * 1000
 
-    def _tools_tokens(self, tools: list[dict[str, Any]]) -> int:
-        if self._tools_estimate < 0:
-            self._tools_estimate = len(json.dumps(tools)) // 4
-        return self._tools_estimate
+    def _compacted(self, reply: ModelReply, decision: CallModel, config: LoopConfig) -> list[Event]:
+        """The summary stage's record, from the reply to its summary request.
+
+        No event when the reply holds no text: the reply's ModelResponded alone counts
+        as a failed compaction (``loop.py``), and the loop tries again or gives up.
+        """
+        summary = "\n".join(
+            str(b.get("text", "")) for b in reply.content if b.get("type") == "text"
+        ).strip()
+        if not summary:
+            return []
+        before = estimate_context_tokens(self.state, config)
+        ratio = self.state.calibration.get(self.state.session.model, 1.0)
+        kept = apply_summary(self.state.messages, decision.upto, summary)
+        raw = sum(message_tokens(m) for m in kept) + self.state.system_tokens
+        after = math.ceil((raw + config.tools_tokens) * ratio)
+        return [
+            ContextCompacted(
+                stage="summarize",
+                step=decision.step,
+                tokens_before=before,
+                tokens_after=max(after, 0),
+                first_message=1,
+                dropped_messages=decision.upto - 1,
+                summary=summary,
+                request_id=decision.request_id,
+            )
+        ]
+
+    def _tools_tokens(self) -> int:
+        """The raw estimate of the tool definitions offered now (cached per set of names)."""
+        names = offered_tools(self.state)
+        if self._tools_estimate[0] != names or self._tools_estimate[1] < 0:
+            self._tools_estimate = (names, text_tokens(json.dumps(self._tool_defs())))
+        return self._tools_estimate[1]
+
+    def _result_chars(self) -> int:
+        """How many characters of one tool result the model may see: its share of the window."""
+        config = self.loop_config
+        ratio = self.state.calibration.get(self.state.session.model, 1.0)
+        return max(int(config.max_tool_result_share * config.context_window * 4 / ratio), 400)
+
+    def _recorded_output(self, call_id: str) -> str | None:
+        """An earlier call's whole output, as recorded (``read_output`` pages through it)."""
+        call = self.state.session.tool_calls.get(call_id)
+        if call is None or not isinstance(call.output, str) or not call.output:
+            return None
+        return call.output
 
     async def _keep_output(self, data: bytes) -> str:
         ref = await self.deps.log.put_blob(self.session_id, data)
@@ -623,7 +745,7 @@ class SessionRunner:
         session = self.state.session
         call = session.tool_calls[call_id]
         spec = self.deps.tools.get(call.tool)
-        if spec is None or call.tool not in session.tools:
+        if spec is None or call.tool not in offered_tools(self.state):
             return [ToolCallRejected(call_id=call_id, reason=f"unknown tool: {call.tool}")]
         try:
             raw = json.loads(call.input) if isinstance(call.input, str) else None
@@ -695,6 +817,8 @@ class SessionRunner:
             network=self.deps.network_for(self.state.session.agent_type),
             keep_output=self._keep_output,
             outbox=self.deps.outbox,
+            recorded_output=self._recorded_output,
+            page_chars=self._result_chars(),
         )
         started = time.perf_counter()
         # run_tool never abandons the call: on timeout or cancel it stops it, or waits
@@ -738,12 +862,16 @@ class SessionRunner:
                 )
             ]
         else:
+            # Bounded at ingestion: the model sees head and tail of a result over its share
+            # of the window; the event keeps the whole output (a blob when large) to page.
+            shown = excerpt(outcome.output, self._result_chars(), decision.call_id)
             events = [
                 ToolCallCompleted(
                     call_id=decision.call_id,
                     output=outcome.output,
                     is_error=outcome.is_error,
                     latency_ms=latency_ms,
+                    excerpt=shown if shown is not outcome.output else "",
                 )
             ]
         if outcome.timed_out and not outcome.in_doubt and not cancelled:

@@ -58,6 +58,7 @@ from fleetlog.events.errors import ToolRefused
 from fleetlog.events.schema import (
     CancelRequested,
     ContextCompacted,
+    ContextRepaired,
     EventBase,
     LimitExceeded,
     ModelCallFailed,
@@ -196,6 +197,7 @@ _PRIMARY = {
     "run_shell": "command",
     "send_email": "to",
     "http_get": "url",
+    "read_output": "call_id",
 }
 
 
@@ -3205,9 +3207,10 @@ _TEXT_FIELDS: dict[type[EventBase], tuple[str, ...]] = {
     ReviewRequested: ("reason",),
     ReviewDecided: ("note",),
     ToolCallStarted: (),
-    ToolCallCompleted: ("output",),
+    ToolCallCompleted: ("output", "excerpt"),
     ToolCallFailed: ("error",),
     ContextCompacted: ("summary",),
+    ContextRepaired: (),  # what the check found: ids and counts, written by fleetlog
     LimitExceeded: ("detail",),
     UnknownEvent: (),  # read-only: it is never written
 }

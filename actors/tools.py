@@ -45,6 +45,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from fleetlog.actors.context import page
 from fleetlog.actors.egress import EgressProxy
 from fleetlog.actors.outbox import FileOutbox, Outbox
 from fleetlog.actors.sandbox import Sandbox, python_paths
@@ -105,6 +106,11 @@ class ToolContext:
     #: Where send_email delivers, exactly once per call (``outbox.py``); None: the
     #: file outbox in ``home``. A fleet across machines shares one in PostgreSQL.
     outbox: Outbox | None = None
+    #: An earlier call's whole output as the log recorded it (None: no such output):
+    #: what ``read_output`` pages through. Set by the runner.
+    recorded_output: Callable[[str], str | None] | None = None
+    #: The most characters of one tool result the model may see (its share of the window).
+    page_chars: int = 20_000
 
 
 class ToolOutcome(msgspec.Struct, frozen=True):
@@ -355,7 +361,7 @@ def validate_input(spec: ToolSpec, raw: Any) -> dict[str, Any]:
     return {f: getattr(value, f) for f in value.__struct_fields__}
 
 
-_INLINE = frozenset({"read_file", "list_dir"})  # write_file fsyncs: it gets a thread
+_INLINE = frozenset({"read_file", "list_dir", "read_output"})  # write_file fsyncs: it gets a thread
 
 #: After a timeout or a stop, how long a tool that cannot be interrupted (a sync tool in
 #: its thread) is waited for before its call is declared in doubt.
@@ -1049,8 +1055,27 @@ def _http_answer(status: int, headers: Message, body_file: typing.IO[bytes]) -> 
     return f"HTTP {status}\ncontent-type: {headers.get('Content-Type', '')}\n\n{text}"
 
 
+@tool(risk="read", idempotent=True)
+def read_output(ctx: ToolContext, call_id: str, offset: int = 0) -> str:
+    """Read an earlier tool call's whole output (kept when shown cut or cleared), page by page.
+
+    Args:
+        call_id: The id of the earlier tool call (its tool_use id).
+        offset: The character to start from (0 for the beginning).
+    """
+    text = ctx.recorded_output(call_id) if ctx.recorded_output is not None else None
+    if text is None:
+        raise ToolError(
+            f"read_output: no tool call {_show(call_id)} with an output in this session"
+        )
+    try:
+        return page(text, call_id, offset, ctx.page_chars)
+    except ValueError as err:
+        raise ToolError(f"read_output: {err}") from None
+
+
 BUILTIN_TOOLS: dict[str, ToolSpec] = {}
-for _fn in (read_file, write_file, list_dir, run_shell, send_email, http_get):
+for _fn in (read_file, write_file, list_dir, run_shell, send_email, http_get, read_output):
     _spec = tool_spec(_fn)
     assert _spec is not None
     BUILTIN_TOOLS[_spec.name] = _spec

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CRASH_POINTS", "CRASH_EXIT_CODE", "crash_point"]
+__all__ = ["CRASH_POINTS", "CONTEXT_CRASH_POINTS", "CRASH_EXIT_CODE", "crash_point"]
 
 #: Every point the code marks; the suite kills a process at each in turn.
 CRASH_POINTS: tuple[str, ...] = (
@@ -39,6 +39,12 @@ CRASH_POINTS: tuple[str, ...] = (
     # operator commands
     "after_command_received",  # a host has the decision; not yet durable
     "after_command_recorded",  # the decision is durable; the operator not yet answered
+)
+
+#: Points the context tests kill a session at (``tests/test_context_runner.py``): the
+#: fault suite's scenario never compacts.
+CONTEXT_CRASH_POINTS: tuple[str, ...] = (
+    "after_compaction",  # a ContextCompacted is durable; the next request not yet made
 )
 
 CRASH_EXIT_CODE = 86

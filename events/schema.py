@@ -48,6 +48,7 @@ __all__ = [
     "ToolCallFailed",
     # context management and governance
     "ContextCompacted",
+    "ContextRepaired",
     "LimitExceeded",
     "UnknownEvent",
     "Event",
@@ -166,6 +167,12 @@ class ModelCallRequested(EventBase, frozen=True, kw_only=True):
     reserved_usd: float = 0.0
     reserved_tokens: int = 0
     max_tokens: int = 0
+    #: "" for a step of the task; "compaction" for a summary of older turns (SPEC §2).
+    purpose: str = ""
+    #: The uncalibrated estimate of the request: what the reply's usage calibrates.
+    estimate_basis: int = 0
+    #: A summary request replaces messages[1:compact_upto] once answered.
+    compact_upto: int = 0
 
 
 class ModelCallRetried(EventBase, frozen=True, kw_only=True):
@@ -195,6 +202,7 @@ class ModelResponded(EventBase, frozen=True, kw_only=True):
     cache_write_tokens: int = 0
     cost_usd: float = 0.0
     latency_ms: float = 0.0
+    purpose: str = ""  # as its ModelCallRequested's: a compaction summary is not a turn
 
 
 class ModelCallFailed(EventBase, frozen=True, kw_only=True):
@@ -203,6 +211,7 @@ class ModelCallFailed(EventBase, frozen=True, kw_only=True):
     error: str
     status_code: int | None = None
     retryable: bool = False
+    purpose: str = ""
 
 
 # --- tool calls and human review ------------------------------------------------------
@@ -270,6 +279,9 @@ class ToolCallCompleted(EventBase, frozen=True, kw_only=True):
     output: Payload
     is_error: bool = False
     latency_ms: float = 0.0
+    #: What the model sees when ``output`` (kept whole) is over the size a result may
+    #: take of the context window: head, tail and how to page through the rest.
+    excerpt: str = ""
 
 
 class ToolCallFailed(EventBase, frozen=True, kw_only=True):
@@ -282,7 +294,14 @@ class ToolCallFailed(EventBase, frozen=True, kw_only=True):
 
 
 class ContextCompacted(EventBase, frozen=True, kw_only=True):
-    """Older turns were replaced by ``summary``; the task and tool_use/tool_result pairs survive."""
+    """The context was made smaller; the task and tool_use/tool_result pairs survive.
+
+    ``stage``: ``clear_tool_results`` replaced the results of ``cleared`` (call ids, in
+    messages from ``first_message`` on) by placeholders; ``summarize`` replaced
+    ``messages[first_message : first_message + dropped_messages]`` by ``summary``, which
+    the model call ``request_id`` wrote (``digest``: the same, written by an older
+    version without a model). Token counts are calibrated estimates.
+    """
 
     blob_fields: ClassVar[tuple[str, ...]] = ("summary",)
 
@@ -291,6 +310,21 @@ class ContextCompacted(EventBase, frozen=True, kw_only=True):
     tokens_after: int
     dropped_messages: int
     summary: Payload = ""
+    stage: str = "digest"
+    first_message: int = 1
+    cleared: list[str] = []
+    request_id: str = ""
+
+
+class ContextRepaired(EventBase, frozen=True, kw_only=True):
+    """The conversation broke an API rule before a request; it was repaired, not sent.
+
+    Always a bug somewhere: ``problems`` says what was found. Folding this event applies
+    the same deterministic repair (``context.repair``), so replay sees what the model saw.
+    """
+
+    step: int
+    problems: list[str] = []
 
 
 class LimitExceeded(EventBase, frozen=True, kw_only=True):
@@ -333,6 +367,7 @@ Event = (
     | ToolCallCompleted
     | ToolCallFailed
     | ContextCompacted
+    | ContextRepaired
     | LimitExceeded
     | UnknownEvent
 )
@@ -358,6 +393,7 @@ EVENT_TYPES: tuple[type[EventBase], ...] = (
     ToolCallCompleted,
     ToolCallFailed,
     ContextCompacted,
+    ContextRepaired,
     LimitExceeded,
     UnknownEvent,
 )

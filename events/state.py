@@ -17,6 +17,7 @@ import msgspec
 from .schema import (
     CancelRequested,
     ContextCompacted,
+    ContextRepaired,
     Envelope,
     LimitExceeded,
     Limits,
@@ -278,7 +279,7 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
             changes = _with_call(state, call, status="failed", error=event.error)
         case ContextCompacted():
             changes = {"compactions": state.compactions + 1}
-        case LimitExceeded():
+        case LimitExceeded() | ContextRepaired():
             changes = {}
         case UnknownEvent():
             changes = {"unknown_events": state.unknown_events + 1}

@@ -40,6 +40,7 @@ from fleetlog.events.filelog import FileLog
 from fleetlog.events.log import EventLog
 from fleetlog.events.partitions import open_readers, partition_dirs
 from fleetlog.events.schema import (
+    ContextCompacted,
     ReviewRequested,
 )
 from fleetlog.events.source import source_for
@@ -540,7 +541,12 @@ def _find_stream(args: argparse.Namespace, session_id: str) -> list[Any]:
     for reader in _open_logs(args):
         try:
             if reader.last_seq(session_id) > 0:
-                return reader.read_stream(session_id, resolve_blobs=False)
+                stream = reader.read_stream(session_id, resolve_blobs=False)
+                # Summaries are shown in the timeline: the few kept as blobs are read.
+                return [
+                    reader.blobs.resolve(e) if isinstance(e.event, ContextCompacted) else e
+                    for e in stream
+                ]
         finally:
             reader.close()
     raise SessionNotFound(session_id)
@@ -563,14 +569,36 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"restarts {state.restarts}  {state.error}"
     )
     for env in stream:
-        data = msgspec.to_builtins(env.event)
-        data.pop("type", None)
-        text = json.dumps(data, default=str)
-        if len(text) > 160:
-            text = text[:157] + "..."
         stamp = time.strftime("%H:%M:%S", time.localtime(env.ts))
-        _out(f"{env.seq:>4} {stamp} e{env.epoch} {type(env.event).__name__:<20} {text}")
+        lines = _compaction_lines(env.event) if isinstance(env.event, ContextCompacted) else None
+        if lines is None:
+            data = msgspec.to_builtins(env.event)
+            data.pop("type", None)
+            text = json.dumps(data, default=str)
+            lines = [text[:157] + "..." if len(text) > 160 else text]
+        _out(f"{env.seq:>4} {stamp} e{env.epoch} {type(env.event).__name__:<20} {lines[0]}")
+        for line in lines[1:]:
+            _out(f"{'':>37}{line}")
     return 0
+
+
+def _compaction_lines(event: ContextCompacted) -> list[str]:
+    """A compaction in the timeline: its stage, what it replaced, tokens before → after."""
+    tokens = f"~{event.tokens_before:,} → ~{event.tokens_after:,} tokens"
+    if event.stage == "clear_tool_results":
+        ids = ", ".join(event.cleared[:4]) + (" …" if len(event.cleared) > 4 else "")
+        return [
+            f"clear_tool_results: {len(event.cleared)} old result(s) cleared "
+            f"from message {event.first_message} on, {tokens}",
+            f"cleared: {ids}",
+        ]
+    last = event.first_message + event.dropped_messages - 1
+    summary = event.summary if isinstance(event.summary, str) else "<summary kept as a blob>"
+    head = f"{event.stage}: messages {event.first_message} to {last} summarized, {tokens}"
+    if event.request_id:
+        head += f" (model call {event.request_id})"
+    shown = [line for line in summary.splitlines() if line.strip()][:6]
+    return [head, *(f"│ {line[:150]}" for line in shown)]
 
 
 def _reviews(args: argparse.Namespace) -> list[dict[str, Any]]:

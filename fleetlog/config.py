@@ -108,10 +108,21 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class ContextConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``[context]``: when to compact, and how many recent turns survive verbatim."""
+    """``[context]``: when to compact, to what, and how many recent turns survive verbatim."""
 
+    #: A request over this fraction of the model's context_window is compacted first.
     compact_at: Fraction = 0.8
+    #: What a compaction aims for (fraction of the window); below compact_at.
+    compact_to: Fraction = 0.5
+    #: The last turns (a model reply and its tool results) never compacted.
     keep_recent_turns: PositiveInt = 4
+    #: A tool result over this fraction of the window is cut to head and tail for the
+    #: model; the whole output is kept and read_output pages through it.
+    max_tool_result_share: Fraction = 0.1
+    #: Compactions failing this many times in a row end the session CONTEXT_EXHAUSTED.
+    max_compaction_failures: PositiveInt = 3
+    #: The most output tokens a compaction summary may take (at most 1/8 of the window).
+    summary_max_tokens: PositiveInt = 2048
 
 
 class BudgetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -335,6 +346,11 @@ def _build_config(doc: dict[str, Any], source: str) -> Config:
 
     models = tables("models", ModelConfig)
     context = table(doc.get("context", {}), ContextConfig, "[context]")
+    if context.compact_to >= context.compact_at:
+        raise fail(
+            f"[context] compact_to ({context.compact_to:g}) must be below "
+            f"compact_at ({context.compact_at:g})"
+        )
     limits = table(doc.get("limits", {}), LimitOverrides, "[limits]").apply(Limits())
     budgets = tables("budgets", BudgetConfig)
 
@@ -751,7 +767,11 @@ output_usd_per_mtok = 15.0
 
 [context]
 compact_at = 0.8                 # fraction of context_window that triggers compaction
-keep_recent_turns = 4
+compact_to = 0.5                 # what a compaction aims for
+keep_recent_turns = 4            # the last turns are never compacted
+max_tool_result_share = 0.1      # a bigger tool result is cut to head + tail (read_output pages it)
+max_compaction_failures = 3      # in a row -> CONTEXT_EXHAUSTED
+summary_max_tokens = 2048
 
 [limits]                         # session defaults (seed values)
 max_steps = 25

@@ -373,9 +373,20 @@ class FakeAnthropic:
     #: A key the fake accepts (any non-empty ``x-api-key`` or bearer token is accepted).
     api_key = "sk-ant-fake-0000"
 
-    def __init__(self, *, responder: Responder | None = None, require_api_key: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        responder: Responder | None = None,
+        require_api_key: bool = True,
+        context_window: int | None = None,
+        chars_per_token: float = 4.0,
+    ) -> None:
         self.responder: Responder | None = responder
         self.require_api_key = require_api_key
+        #: With a window, requests are counted (``chars_per_token`` of their JSON) and one
+        #: over it is answered 400 as the real API does; replies bill the same count.
+        self.context_window = context_window
+        self.chars_per_token = chars_per_token
         self.server_errors: list[str] = []
         self._lock = threading.Lock()
         self._script: deque[Reply] = deque()
@@ -384,6 +395,7 @@ class FakeAnthropic:
         self._requests: list[dict[str, Any]] = []
         self._headers: list[dict[str, str]] = []
         self._billed: list[tuple[str, dict[str, int]]] = []
+        self._rejected: list[str] = []
         self._serial = 0
         self._closing = threading.Event()
         self._server: _Server | None = None
@@ -517,6 +529,8 @@ class FakeAnthropic:
                 answer = self.responder(body) if self.responder is not None else _DEFAULT_REPLY
             if not isinstance(answer, ErrorReply):
                 answer = _message_json(answer, body, len(raw), serial)
+                if self.context_window is not None:  # bill what the window was checked with
+                    answer["usage"]["input_tokens"] = self.count_tokens(body)
         except Exception as exc:  # a broken script or responder: a test bug, made visible
             self.server_errors.append(traceback.format_exc())
             answer = ErrorReply(500, message=f"FakeAnthropic responder failed: {exc!r}")
@@ -539,11 +553,42 @@ class FakeAnthropic:
         problem = validate_request(body)
         if problem is not None:
             return ErrorReply(400, message=problem)
+        too_long = self._too_long(body)
+        if too_long is not None:
+            self._rejected.append(too_long)
+            return ErrorReply(400, message=too_long)
         if self._failures:
             return self._failures.popleft()
         if self._script:
             return self._script.popleft()
         return None
+
+    def count_tokens(self, body: dict[str, Any]) -> int:
+        """The request's input tokens as this fake's "tokenizer" counts them."""
+        counted = json.dumps([body.get("system", ""), body["messages"], body.get("tools", [])])
+        return int(len(counted) / self.chars_per_token) + 1
+
+    def _too_long(self, body: dict[str, Any]) -> str | None:
+        """The real API's answer to a request over the window, or None."""
+        window = self.context_window
+        if window is None:
+            return None
+        tokens = self.count_tokens(body)
+        if tokens > window:
+            return f"prompt is too long: {tokens} tokens > {window} maximum"
+        if tokens + body["max_tokens"] > window:
+            return (
+                f"input length and `max_tokens` exceed context limit: {tokens} + "
+                f"{body['max_tokens']} > {window}, decrease input length or `max_tokens` "
+                "and try again"
+            )
+        return None
+
+    @property
+    def rejected(self) -> list[str]:
+        """The message of every 400 answered because a request did not fit the window."""
+        with self._lock:
+            return list(self._rejected)
 
     def _send(self, handler: _Handler, answer: Reply, serial: int) -> bool:
         request_id = _short_id("req_", f"r{serial}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import msgspec
+
 from fleetlog.actors.loop import (
     AgentState,
     CallModel,
@@ -233,7 +235,7 @@ def test_cancel_and_terminal() -> None:
     assert decide(build(CancelRequested(), SessionCancelled()), T0, CONFIG) == Finish()
 
 
-def test_compaction_keeps_task_and_pairs() -> None:
+def test_compaction_clears_old_results_first_then_asks_for_a_summary() -> None:
     events: list[Event] = []
     for step in range(1, 9):
         cid = f"c{step}"
@@ -241,15 +243,31 @@ def test_compaction_keeps_task_and_pairs() -> None:
     state = build(*events)
     config = LoopConfig(context_window=1000, compact_at=0.8, keep_recent_turns=2)
     decision = decide(state, T0, config)
+    # (a) first: the oldest tool results are cleared, the pairs kept.
     assert isinstance(decision, Emit)
     compacted = decision.events[0]
-    assert isinstance(compacted, ContextCompacted) and compacted.dropped_messages % 2 == 0
+    assert isinstance(compacted, ContextCompacted) and compacted.stage == "clear_tool_results"
+    assert compacted.cleared[:2] == ["c1", "c2"]
     after = evolve_agent(state, Envelope(999, "s", state.session.seq + 1, 1, T0, "", compacted))
-    assert after.messages[0]["content"][0]["text"] == "do the thing"  # the task, verbatim
-    assert after.messages[1]["role"] == "assistant"
+    assert after.messages[0]["content"] == "do the thing"  # the task, verbatim
     for i in range(1, len(after.messages) - 1, 2):
         uses = [b["id"] for b in after.messages[i]["content"] if b["type"] == "tool_use"]
         results = [b["tool_use_id"] for b in after.messages[i + 1]["content"]]
         assert uses == results  # no pair was split
+    assert after.messages[2]["content"][0]["content"].startswith("[cleared to save context]")
+    assert after.messages[-1] == state.messages[-1]  # the recent turns are untouched
+    # (b) with nothing left worth clearing and still over: a summary call of older turns.
+    again = decide(after, T0, config)
+    assert isinstance(again, CallModel) and again.purpose == "compaction"
+    assert again.upto == len(after.messages) - 4 and after.messages[again.upto]["role"] == (
+        "assistant"
+    )
+    # Nothing to compact (the task and the kept turns alone) and over the window: the
+    # circuit breaker, not a request the API would refuse.
+    recent = build(*events[: 2 * (len(respond(1, ("c", "t", {}))) + len(ran("c")))])
     tiny = LoopConfig(context_window=100, compact_at=0.8, keep_recent_turns=2)
-    assert _code(decide(state, T0, tiny)) == "CONTEXT_EXHAUSTED"
+    assert len(recent.messages) <= 5
+    assert _code(decide(recent, T0, tiny)) == "CONTEXT_EXHAUSTED"
+    # ...and after N failed compactions in a row, whatever the size.
+    failing = msgspec.structs.replace(after, compaction_failures=3)
+    assert _code(decide(failing, T0, config)) == "CONTEXT_EXHAUSTED"

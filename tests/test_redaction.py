@@ -287,10 +287,10 @@ _ID_FIELDS: dict[str, set[str]] = {
     "SessionFailed": set(),
     "SessionCancelled": set(),
     "SnapshotTaken": set(),
-    "ModelCallRequested": {"request_id", "model"},
+    "ModelCallRequested": {"request_id", "model", "purpose"},
     "ModelCallRetried": {"request_id"},
-    "ModelResponded": {"request_id", "model", "stop_reason"},
-    "ModelCallFailed": {"request_id"},
+    "ModelResponded": {"request_id", "model", "stop_reason", "purpose"},
+    "ModelCallFailed": {"request_id", "purpose"},
     "ToolCallProposed": {"call_id", "tool"},
     "ToolCallVetted": {"call_id", "verdict", "risk", "rule"},
     "ToolCallRejected": {"call_id"},
@@ -299,7 +299,8 @@ _ID_FIELDS: dict[str, set[str]] = {
     "ToolCallStarted": {"call_id", "idempotency_key"},
     "ToolCallCompleted": {"call_id"},
     "ToolCallFailed": {"call_id"},
-    "ContextCompacted": set(),
+    "ContextCompacted": {"stage", "cleared", "request_id"},
+    "ContextRepaired": {"problems"},
     "LimitExceeded": {"code"},
 }
 #: Text fields that hold JSON, and must still parse after redaction.

@@ -164,6 +164,7 @@ def test_builtin_tools_match_the_spec() -> None:
         "run_shell": ("exec", False),
         "send_email": ("external", False),
         "http_get": ("network", True),
+        "read_output": ("read", True),
     }
     for spec in BUILTIN_TOOLS.values():
         assert spec.description and "\n" not in spec.description

@@ -611,7 +611,6 @@ class ScriptedModel:
             model=request.model,
         )
 
-
     def _summarize(self, request: ModelRequest) -> ModelReply:
         """A compaction summary: how many calls the transcript holds, and the last few."""
         transcript = _text_of(request.messages[-1].get("content")) if request.messages else ""

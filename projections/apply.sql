@@ -31,7 +31,8 @@ WITH b AS (
                FILTER (type <> 'ModelCallRetried') AS status,
            count(*) FILTER (type = 'ModelCallRetried') AS retries,
            arg_max(f.error, seq) FILTER (type = 'ModelCallFailed') AS error,
-           arg_max(f.status_code, seq) FILTER (type = 'ModelCallFailed') AS status_code
+           arg_max(f.status_code, seq) FILTER (type = 'ModelCallFailed') AS status_code,
+           arg_max(coalesce(f.purpose, ''), seq) FILTER (type = 'ModelCallRequested') AS purpose
     FROM _new
     WHERE type IN ('ModelCallRequested', 'ModelCallRetried', 'ModelResponded', 'ModelCallFailed')
     GROUP BY session_id, f.request_id
@@ -53,7 +54,8 @@ SELECT b.execution_id,
        coalesce(t.retries, 0) + b.retries AS retries,
        coalesce(b.error, t.error) AS error,
        coalesce(b.status_code, t.status_code) AS status_code,
-       coalesce(b.r.responded_at, t.responded_at) AS responded_at
+       coalesce(b.r.responded_at, t.responded_at) AS responded_at,
+       coalesce(b.purpose, t.purpose, '') AS purpose
 FROM b
 LEFT JOIN _model_calls_open t ON t.execution_id = b.execution_id AND t.request_id = b.request_id;
 

@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 #: Bump when tables.sql or apply.sql change what a row holds: older files are rebuilt.
-SCHEMA_VERSION: Final = "3"
+SCHEMA_VERSION: Final = "4"
 DB_FILE: Final = "projections.duckdb"
 LOCK_FILE: Final = "projections.lock"
 
@@ -96,6 +96,7 @@ _FIELDS: Final = {
     **dict.fromkeys(
         ["task_id", "tenant", "agent_type", "prompt", "workspace", "owner", "result"], "VARCHAR"
     ),
+    "purpose": "VARCHAR",
     **dict.fromkeys(["step", "status_code"], "INTEGER"),
     **dict.fromkeys(
         ["input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"], "BIGINT"

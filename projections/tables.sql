@@ -123,7 +123,8 @@ CREATE TABLE _model_calls_open (
     retries            INTEGER NOT NULL,  -- 429/5xx/529/timeouts retried
     error              VARCHAR,
     status_code        INTEGER,
-    responded_at       TIMESTAMP
+    responded_at       TIMESTAMP,
+    purpose            VARCHAR NOT NULL   -- '' a step of the task, 'compaction' a summary
 );
 CREATE TABLE _model_calls_ended AS SELECT *, 0::BIGINT AS moved FROM _model_calls_open LIMIT 0;
 CREATE VIEW model_calls AS

@@ -270,7 +270,7 @@ def test_every_column_matches_the_hand_computed_history(
                 "latency_ms": lat, "stop_reason": stop, "called_at": at,
                 "request_id": f"{sid[2:]}-{step}", "status": "responded",
                 "cache_write_tokens": cache_w, "retries": retries, "error": None,
-                "status_code": None, "responded_at": resp,
+                "status_code": None, "responded_at": resp, "purpose": "",
             }  # fmt: skip
 
         assert models == {
@@ -284,7 +284,7 @@ def test_every_column_matches_the_hand_computed_history(
                 "output_tokens": None, "cache_read_tokens": None, "cost_usd": None,
                 "latency_ms": None, "stop_reason": None, "called_at": b(8), "request_id": "b-2",
                 "status": "failed", "cache_write_tokens": None, "retries": 0,
-                "error": "overloaded", "status_code": 529, "responded_at": None,
+                "error": "overloaded", "status_code": 529, "responded_at": None, "purpose": "",
             },
             "c-1": responded("s-c", 1, "scripted", 10, 1, "0.000045", 20.0, "tool_use", c(3),
                              c(4)),

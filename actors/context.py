@@ -118,7 +118,9 @@ def excerpt(text: str, limit_chars: int, call_id: str) -> str:
     """
     if len(text) <= limit_chars:
         return text
-    budget = max(limit_chars - 240, 64)
+    # The note takes ~240 characters; under that, keep what the limit allows (some
+    # head and tail still beat none), never more than the text itself.
+    budget = max(limit_chars - 240, min(64, max(limit_chars, 2)))
     head_len = budget * 2 // 3
     tail_len = budget - head_len
     cut = len(text) - head_len - tail_len
@@ -209,8 +211,8 @@ def apply_clear(messages: Sequence[Message], call_ids: Iterable[str]) -> tuple[M
         new_blocks = []
         for block in blocks:
             call_id = block.get("tool_use_id") if isinstance(block, dict) else None
-            if call_id in wanted:
-                text = _content_text(block.get("content", ""))
+            text = _content_text(block.get("content", "")) if call_id in wanted else ""
+            if call_id in wanted and not text.startswith(CLEARED_PREFIX):  # idempotent
                 cleared = _placeholder(call_id, uses.get(call_id, {}), text)
                 new_blocks.append({**block, "content": cleared})
             else:
@@ -284,10 +286,19 @@ def render_transcript(
                     lines.append(f"RESULT {block.get('tool_use_id')}{err}: {_clip(text, clip)}")
         return lines
 
-    head = f"THE TASK (kept verbatim, do not repeat it):\n{_clip(task, 2000)}\n"
-    if earlier:
-        head += f"\nSUMMARY OF EVEN EARLIER STEPS:\n{_clip(earlier, 4 * cap)}\n"
-    head += "\nTRANSCRIPT TO SUMMARIZE:\n"
+    def head_at(task_cap: int, earlier_cap: int) -> str:
+        head = f"THE TASK (kept verbatim, do not repeat it):\n{_clip(task, task_cap)}\n"
+        if earlier:
+            head += f"\nSUMMARY OF EVEN EARLIER STEPS:\n{_clip(earlier, earlier_cap)}\n"
+        return head + "\nTRANSCRIPT TO SUMMARIZE:\n"
+
+    # The head takes at most half the budget (the task is kept verbatim elsewhere: here
+    # it is only a reminder), so that the transcript itself gets the rest.
+    task_cap, earlier_cap = 2000, 4 * cap
+    head = head_at(task_cap, earlier_cap)
+    while text_tokens(head) > budget_tokens // 2 and max(task_cap, earlier_cap) > 40:
+        task_cap, earlier_cap = max(task_cap // 2, 40), max(earlier_cap // 2, 40)
+        head = head_at(task_cap, earlier_cap)
     clip = max(cap, 40)
     while True:
         lines = lines_at(clip)
@@ -295,14 +306,15 @@ def render_transcript(
         if text_tokens(head + body) <= budget_tokens or clip <= 40:
             break
         clip //= 2
+
+    def rendered(dropped: int) -> str:
+        note = [f"[{dropped} earlier lines left out to fit]"] if dropped else []
+        return head + "\n".join([*note, *lines[dropped:]])
+
     dropped = 0
-    while lines and text_tokens(head + "\n".join(lines)) > budget_tokens:
-        cut = max(1, len(lines) // 8)
-        lines = lines[cut:]
-        dropped += cut
-    if dropped:
-        lines.insert(0, f"[{dropped} earlier lines left out to fit]")
-    return head + "\n".join(lines)
+    while dropped < len(lines) and text_tokens(rendered(dropped)) > budget_tokens:
+        dropped += max(1, (len(lines) - dropped) // 8)
+    return rendered(min(dropped, len(lines)))
 
 
 # --- verification and repair --------------------------------------------------------------

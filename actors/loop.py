@@ -227,6 +227,10 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
                     b.get("text", "") for b in blocks if b.get("type") == "text"
                 ).strip()
                 changes["compaction_failures"] = 0
+            else:
+                # A failure until its ContextCompacted (flushed with it) says otherwise: a
+                # reply without a summary must trip the breaker, not be asked for forever.
+                changes["compaction_failures"] = state.compaction_failures + 1
         case ModelCallFailed():
             changes["pending_purpose"] = ""
             too_long = overflow_tokens(event.error) if event.status_code == 400 else None
@@ -372,9 +376,13 @@ def _context(state: AgentState, config: LoopConfig) -> Decision | None:
             limit=config.max_compaction_failures,
             value=state.compaction_failures,
         )
-    if estimate > config.compact_at * window:
+    # Compact over ``compact_at``, and also under it when the request would leave too
+    # little room for the reply (small windows, compact_at close to 1).
+    fits = (window - 16 - config.min_output_tokens) / 1.1
+    if estimate > config.compact_at * window or estimate > fits:
         keep_from = max(len(state.messages) - 2 * config.keep_recent_turns, 1)
-        need = math.ceil((estimate - config.compact_to * window) / ratio)
+        target = min(config.compact_to * window, fits)
+        need = math.ceil((estimate - target) / ratio)
         cleared, saved = clear_plan(state.messages, keep_from, need)
         if cleared:
             first = next(

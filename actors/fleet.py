@@ -39,6 +39,7 @@ from fleetlog.events.errors import FleetlogError
 from fleetlog.events.pglog import _where
 from fleetlog.events.schema import Envelope, SessionCreated
 from fleetlog.events.source import LogSource, iter_tail, log_spec, source_of
+from fleetlog.events.state import SETTLED
 from fleetlog.projections.service import ProjectionService, SessionsView
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 FLEET_FILE = "fleet.json"
-SETTLED = frozenset({"completed", "failed", "cancelled", "awaiting_review"})
 
 
 class FleetNotRunning(FleetlogError):
@@ -193,8 +193,23 @@ def seed_ledger(ledger: Ledger, view: SessionsView) -> None:
 
 
 class _LedgerPort:
-    def __init__(self, actor: Any) -> None:
-        self.actor = actor
+    """The ledger, found by name on first use.
+
+    By name, not as a handle passed to the host's constructor: an actor handle among
+    constructor arguments is kept in the object store, and Ray warns (core_worker.cc,
+    ray-project/ray#53727) that a restart fails once the owner that put it there is
+    gone, which for a detached fleet is the ``fleetlog up`` process, gone at once.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self._actor: Any = None
+
+    @property
+    def actor(self) -> Any:
+        if self._actor is None:
+            self._actor = ray.get_actor("fleetlog-ledger", namespace=self.namespace)
+        return self._actor
 
     async def reserve(
         self,
@@ -225,11 +240,11 @@ class _HostActor:
         hosts: int,
         home: str,
         config: Config,
-        ledger: Any,
+        has_ledger: bool,
         namespace: str,
         log: str,
     ) -> None:
-        budget = _LedgerPort(ledger) if ledger is not None else None
+        budget = _LedgerPort(namespace) if has_ledger else None
 
         async def view() -> SessionsView | None:
             return await _sessions_view(_projector_handle(namespace))
@@ -469,7 +484,7 @@ class Fleet:
                 max_concurrency=100_000,
                 runtime_env=runtime_env,
                 scheduling_strategy=host_scheduling,
-            ).remote(i, hosts, str(home), config, ledger, namespace, log)
+            ).remote(i, hosts, str(home), config, ledger is not None, namespace, log)
             for i in range(hosts)
         ]
         dispatcher: Any = actor(_Dispatcher, "fleetlog-dispatcher", max_concurrency=1000).remote(

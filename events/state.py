@@ -45,6 +45,7 @@ from .schema import (
 
 __all__ = [
     "SessionStatus",
+    "SETTLED",
     "TERMINAL",
     "ToolCallState",
     "SessionState",
@@ -55,6 +56,8 @@ __all__ = [
 
 SessionStatus = Literal["pending", "running", "completed", "failed", "cancelled", "awaiting_review"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+#: Terminal, or waiting for a human: nothing happens until someone acts.
+SETTLED: frozenset[str] = TERMINAL | {"awaiting_review"}
 
 ToolStatus = Literal["pending", "awaiting_review", "running", "succeeded", "failed", "denied"]
 

@@ -35,6 +35,7 @@ from fleetlog.events.errors import (
     FleetlogError,
     LogLockedError,
     SessionNotFound,
+    TaskFileError,
 )
 from fleetlog.events.filelog import FileLog
 from fleetlog.events.log import EventLog
@@ -44,7 +45,7 @@ from fleetlog.events.schema import (
     ReviewRequested,
 )
 from fleetlog.events.source import source_for
-from fleetlog.events.state import SessionState, call_hash, fold
+from fleetlog.events.state import SETTLED, SessionState, call_hash, fold
 from fleetlog.events.verify import VerifyReport, verify_events, verify_log
 
 __all__ = ["main"]
@@ -58,21 +59,54 @@ class UsageError(FleetlogError):
 
 
 def _home(args: argparse.Namespace) -> Path:
-    if args.home:
+    if getattr(args, "home", None):
         return Path(args.home)
     return Path(os.environ.get("FLEETLOG_HOME") or ".fleetlog")
 
 
+def _home_origin(args: argparse.Namespace) -> str:
+    """Where the home came from, for errors that name it."""
+    if getattr(args, "home", None):
+        return "from --home"
+    if os.environ.get("FLEETLOG_HOME"):
+        return "from $FLEETLOG_HOME"
+    return "the default, ./.fleetlog here; give --home DIR or set FLEETLOG_HOME"
+
+
+def _existing_home(args: argparse.Namespace) -> Path:
+    """The fleet's home, which must exist when its log is there (a file log).
+
+    A mistyped or relative home read from another directory is an error, not an
+    empty fleet. With a shared (PostgreSQL) log nothing needs to be here.
+    """
+    home = _home(args).resolve()
+    if _log_spec(args) == "file" and not home.is_dir():
+        raise FleetlogError(f"no fleet home at {home} ({_home_origin(args)})")
+    return home
+
+
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config)
+    return load_config(getattr(args, "config", None))
 
 
 def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+def _json_lines(value: Any) -> str:
+    """JSON; an array with one element per line, so that a big answer stays readable
+    (and greppable) while still being one JSON array (SPEC §4)."""
+    if isinstance(value, list) and value:
+        return "[\n" + ",\n".join(json.dumps(v, default=str) for v in value) + "\n]"
+    return json.dumps(value, default=str)
+
+
 def _print_json(rows: Any) -> None:
-    _out(json.dumps(rows, default=str))
+    _out(_json_lines(rows))
+
+
+def _plural(n: int, word: str, plural: str = "") -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
 def _log_spec(args: argparse.Namespace) -> str:
@@ -86,10 +120,81 @@ def _open_logs(args: argparse.Namespace) -> list[EventLog]:
     """The fleet's logs, to read (FileLog partitions read-only, or the PostgreSQL log)."""
     spec = _log_spec(args)
     if spec == "file":
-        return list(open_readers(_home(args) / "log"))
+        home = _existing_home(args)
+        if not (home / "log").is_dir():
+            raise FleetlogError(f"no event log under {home} (looked in {home / 'log'})")
+        return list(open_readers(home / "log"))
     from fleetlog.events.pglog import PostgresLog
 
     return [PostgresLog.open(spec, pool_size=2)]
+
+
+def _session_ids(args: argparse.Namespace) -> list[str]:
+    ids: list[str] = []
+    for reader in _open_logs(args):
+        try:
+            ids.extend(reader.session_ids())
+        finally:
+            reader.close()
+    return ids
+
+
+class _NoSuchSession(SessionNotFound):
+    """SessionNotFound with a hint: what was looked for, and what is close."""
+
+    def __init__(self, session_id: str, hint: str) -> None:
+        FleetlogError.__init__(self, f"no session {session_id!r}{hint}")
+        self.session_id = session_id
+
+
+def _resolve_session(args: argparse.Namespace, text: str) -> str:
+    """The session ``text`` names: its id, the task id it came from (``fix-login`` is
+    ``s-fix-login``), or an unambiguous prefix of either, as git takes a short hash."""
+    ids = set(_session_ids(args))
+    if text in ids:
+        return text
+    if session_id_for(text) in ids:
+        return session_id_for(text)
+    matches = sorted(i for i in ids if text and i.startswith((text, "s-" + text)))
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = ", ".join(matches[:3]) + (", …" if len(matches) > 3 else "")
+        raise FleetlogError(
+            f"session {text!r} is ambiguous: {len(matches)} sessions match ({shown}); "
+            "give more of the id"
+        )
+    import difflib
+
+    close = difflib.get_close_matches(text, sorted(ids), n=1, cutoff=0.6) or (
+        difflib.get_close_matches("s-" + text, sorted(ids), n=1, cutoff=0.6)
+    )
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise _NoSuchSession(
+        text,
+        f" (not a session id, a task id, or a prefix of either; {hint}"
+        f"`fleetlog sessions` lists the {_plural(len(ids), 'session')} here)",
+    )
+
+
+def _resolve_call(session_id: str, calls: dict[str, Any], text: str) -> str:
+    """The call id ``text`` names in a session: itself, or an unambiguous prefix.
+
+    Among several calls sharing the prefix, the one awaiting review wins when it is
+    the only one (what approve/deny is for); otherwise the prefix is ambiguous.
+    """
+    if not text or text in calls:
+        return text
+    matches = sorted(c for c in calls if c.startswith(text))
+    if len(matches) > 1:
+        waiting = [c for c in matches if calls[c].status == "awaiting_review"]
+        if len(waiting) == 1:
+            return waiting[0]
+        raise FleetlogError(
+            f"call id {text!r} is ambiguous in {session_id}: {len(matches)} calls match; "
+            "give more of the id (fleetlog reviews shows them whole)"
+        )
+    return matches[0] if matches else text
 
 
 def _states(args: argparse.Namespace) -> list[SessionState]:
@@ -109,14 +214,25 @@ def _row(s: SessionState) -> dict[str, Any]:
     return s.row()
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+def _table(rows: list[dict[str, Any]], columns: list[str], *, fold: tuple[str, ...] = ()) -> None:
+    """A table whose cells are never cut: ids print whole, whatever the terminal's width
+    (a narrow terminal wraps the line). Only the ``fold`` columns (free text: errors,
+    reasons) wrap inside their cell, at 60 characters."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*(str(row.get(c, "")) for c in columns))
-    Console(width=max(120, len(columns) * 14)).print(table)
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    table = Table()
+    for name, width in zip(columns, widths, strict=True):
+        if name in fold:
+            table.add_column(name, overflow="fold", max_width=min(width, 60))
+        else:
+            table.add_column(name, no_wrap=True, min_width=width)
+    for row in cells:
+        table.add_row(*row)
+    total = sum(min(w, 60) if c in fold else w for c, w in zip(columns, widths, strict=True))
+    Console(width=total + 3 * len(columns) + 1, highlight=False).print(table)
 
 
 @contextmanager
@@ -143,29 +259,64 @@ def _ray(address: str | None, namespace: str | None = None) -> Iterator[str]:
 # --- run -----------------------------------------------------------------------------------
 
 
-def _tasks_for(args: argparse.Namespace) -> list[Task]:
+#: The agents ``demo_tasks`` gives its tasks (actors/model.py).
+_DEMO_AGENTS = ("coder", "researcher", "ops")
+
+
+def _tasks_for(args: argparse.Namespace, config: Config) -> list[Task]:
+    """The run's tasks, each checked against ``config`` (agents, workspaces): all of
+    them before any cluster starts, the first problem as one line."""
     if args.demo is not None:
         from fleetlog.actors.model import demo_tasks
 
         if args.demo < 1:
             raise UsageError("--demo needs a positive number of tasks")
-        return [
-            parse_task(t, source="demo", line=i + 1) for i, t in enumerate(demo_tasks(args.demo))
-        ]
+        try:
+            return [
+                parse_task(t, source="demo", line=i + 1, config=config)
+                for i, t in enumerate(demo_tasks(args.demo))
+            ]
+        except TaskFileError as e:
+            raise FleetlogError(
+                f"--demo: {e.detail} (the demo's tasks use the agents "
+                f"{', '.join(_DEMO_AGENTS)}: define them, or run the demo without this config)"
+            ) from None
     if not args.tasks:
         raise UsageError("give a tasks file (JSON Lines) or --demo N")
-    tasks = load_tasks(args.tasks)
+    tasks = load_tasks(args.tasks, config)
     if not tasks:
         raise FleetlogError(f"{args.tasks}: no tasks in the file")
     return tasks
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from fleetlog.actors.fleet import SETTLED, Fleet, namespace_for
+def _agents_line(tasks: list[Task], config: Config) -> str:
+    """What the run's agents are: the first thing ``run`` says (an agent with more tools
+    than meant, or the paid model instead of the offline one, is seen before it acts)."""
+    counts = Counter(t.agent for t in tasks)
+    parts = []
+    for name, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        agent = config.agent(name)
+        builtin = "" if name in config.agents else ", built-in"
+        if name not in config.agents and "default" in config.agents:
+            builtin = ", as [agents.default]"
+        tools = ", ".join(agent.tools) or "none"
+        parts.append(
+            f"{name} ({_plural(n, 'task')}{builtin}; model {config.model_for(name)}; tools {tools})"
+        )
+    return "agents: " + " · ".join(parts)
 
+
+def cmd_run(args: argparse.Namespace) -> int:
     home = _home(args).resolve()
     config = _config(args)
-    tasks = _tasks_for(args)
+    # The demo is written for the offline model: it never switches to the paid API
+    # because ANTHROPIC_API_KEY happens to be set, unless --model says so.
+    model = args.model or ("scripted" if args.demo is not None else None)
+    if model is not None:
+        if not model.strip():
+            raise UsageError("--model needs a model id (or scripted)")
+        config = config.with_model(model)
+    tasks = _tasks_for(args, config)
     hosts = args.hosts or config.fleet.hosts
     keyed = []
     for ordinal, task in enumerate(tasks, start=1):
@@ -174,8 +325,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     session_ids = {sid for _, sid in keyed}
     if len(session_ids) != len(keyed):
         raise FleetlogError("two tasks map to the same session (duplicate ids)")
+    _err(_agents_line(tasks, config))
     _sandbox_line(config)
     _check_log(home, config)
+    # Only now Ray (its import alone takes a second or two): everything above is checked.
+    from fleetlog.actors.fleet import Fleet, namespace_for
+
     with _ray(args.address, namespace_for(home, _log_spec(args))) as address:
         started = time.monotonic()
         fleet = Fleet.start(home, config, hosts=hosts)
@@ -183,15 +338,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             created = fleet.submit_many(keyed)
             _err(
-                f"fleet: {hosts} host(s), {len(keyed)} task(s): {created} new, "
+                f"fleet: {_plural(hosts, 'host')}, {_plural(len(keyed), 'task')}: {created} new, "
                 f"{len(keyed) - created} resumed; home {home}"
             )
             rows = _watch(fleet, session_ids, started, live=not args.no_progress)
         finally:
             fleet.shutdown()
     elapsed = time.monotonic() - started
-    _summary(rows, elapsed, settled=SETTLED)
-    return 0
+    planned = _DEMO_PLANNED if args.demo is not None else frozenset()
+    return _summary(rows, elapsed, settled=SETTLED, planned=planned)
 
 
 def _check_log(home: Path, config: Config) -> None:
@@ -244,7 +399,6 @@ def _progress_line(rows: list[dict[str, Any]], total: int, elapsed: float) -> st
 def _watch(
     fleet: Any, session_ids: set[str], started: float, *, live: bool
 ) -> list[dict[str, Any]]:
-    from fleetlog.actors.fleet import SETTLED
 
     def poll() -> tuple[list[dict[str, Any]], bool]:
         rows = [r for r in fleet.statuses(session_ids) if r["id"] in session_ids]
@@ -274,7 +428,32 @@ def _watch(
         time.sleep(0.25)
 
 
-def _summary(rows: list[dict[str, Any]], elapsed: float, *, settled: frozenset[str]) -> None:
+#: How many pending reviews the run's summary lists before "…and N more".
+_SUMMARY_REVIEWS = 10
+
+
+#: The failures the demo plans (its loop, long and expensive tasks show the caps at
+#: work): a demo that ends with only these did what it is for, and exits 0.
+_DEMO_PLANNED = frozenset(
+    {
+        "MAX_STEPS_EXCEEDED",
+        "MAX_TOKENS_EXCEEDED",
+        "MAX_COST_EXCEEDED",
+        "LOOP_DETECTED",
+        "BUDGET_EXHAUSTED",
+    }
+)
+
+
+def _summary(
+    rows: list[dict[str, Any]],
+    elapsed: float,
+    *,
+    settled: frozenset[str],
+    planned: frozenset[str] = frozenset(),
+) -> int:
+    """Print the run's summary; the exit status: 1 when a session failed (said last),
+    unless every failure is one of ``planned`` (the demo's limit breaches)."""
     counts = Counter(r["status"] for r in rows)
     by_status = []
     for status in ("completed", "failed", "cancelled", "awaiting_review", "running", "pending"):
@@ -301,19 +480,38 @@ def _summary(rows: list[dict[str, Any]], elapsed: float, *, settled: frozenset[s
         _out(
             f"reviews pending: {len(reviews)} (fleetlog reviews; fleetlog approve SESSION CALL_ID)"
         )
-        for sid, c in reviews[:5]:
+        for sid, c in reviews[:_SUMMARY_REVIEWS]:
             _out(f"  {sid} {c['call_id']} {c['tool']}: {c['reason']}")
+        if len(reviews) > _SUMMARY_REVIEWS:
+            _out(f"  …and {len(reviews) - _SUMMARY_REVIEWS} more (fleetlog reviews)")
     steps = sum(r["step_count"] for r in rows)
+    failed = counts.get("failed", 0)
     _out(
-        f"{len(rows)} sessions in {elapsed:.1f}s: {counts.get('completed', 0)} completed, "
-        f"{counts.get('failed', 0)} failed, {counts.get('awaiting_review', 0)} awaiting review; "
-        f"{steps} steps, {sum(r['token_count'] for r in rows):,} tokens, "
+        f"{_plural(len(rows), 'session')} in {elapsed:.1f}s: "
+        f"{counts.get('completed', 0)} completed, {failed} failed, "
+        f"{counts.get('awaiting_review', 0)} awaiting review; "
+        f"{_plural(steps, 'step')}, {sum(r['token_count'] for r in rows):,} tokens, "
         f"${sum(r['cost_usd'] for r in rows):.4f}"
     )
     unsettled = [r for r in rows if r["status"] not in settled]
     if unsettled:
         _out(f"{len(unsettled)} session(s) still running: re-run to resume them")
     _out('ask the log anything: fleetlog metrics · fleetlog sql "SELECT … FROM agent_tool_calls"')
+    if failed:
+        codes = {r["error"].split(":", 1)[0] for r in rows if r["status"] == "failed"}
+        if codes <= planned:
+            _out(
+                f"{failed} of {_plural(len(rows), 'session')} failed, all as the demo plans "
+                f"({', '.join(sorted(codes))}: the limits at work; "
+                "fleetlog sessions --status failed)"
+            )
+            return 0
+        _out(
+            f"{failed} of {_plural(len(rows), 'session')} failed "
+            "(fleetlog sessions --status failed; fleetlog show SESSION)"
+        )
+        return 1
+    return 0
 
 
 # --- a long-running fleet: up / down / submit ----------------------------------------------
@@ -339,28 +537,45 @@ def _ray_temp_dir(home: Path) -> Path:
 
 
 def _stop_ray_started_for(home: Path) -> int:
-    """Terminate the Ray processes `fleetlog up` started for this home; return how many."""
+    """Terminate the Ray processes `fleetlog up` started for this home; return how many.
+
+    In Ray's own order (``ray stop``): the raylet first (its workers go with it), then
+    the other daemons, the GCS last. A GCS sent SIGTERM while its raylet still runs
+    does not exit for a minute or more; that wait (cut short by SIGKILL after 10 s)
+    was most of what ``fleetlog down`` took. In this order all are gone in about 1 s.
+    """
     import signal
 
     marker = str(_ray_temp_dir(home)).encode()
-    pids = []
+    found: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             with contextlib.suppress(OSError):
                 if marker in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    alive = pids
-    deadline = time.monotonic() + 10
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if Path(f"/proc/{p}").exists()]
-        time.sleep(0.1)
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return len(pids)
+                    found[int(entry.name)] = (entry / "comm").read_text().strip()
+
+    def gone(pid: int) -> bool:
+        try:  # a zombie is gone too: nothing may reap it here
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
+            return True
+
+    def rank(pid: int) -> int:
+        return {"raylet": 0, "gcs_server": 2}.get(found[pid], 1)
+
+    for stage in (0, 1, 2):
+        group = [pid for pid in found if rank(pid) == stage]
+        for pid in group:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while group and time.monotonic() < deadline:
+            group = [pid for pid in group if not gone(pid)]
+            time.sleep(0.02)
+        for pid in group:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return len(found)
 
 
 def _fleet_info(args: argparse.Namespace) -> dict[str, Any]:
@@ -421,8 +636,6 @@ def _ray_auth(home: Path, *, create: bool = False) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     import subprocess
 
-    from fleetlog.actors.fleet import Fleet, namespace_for
-
     home = _home(args).resolve()
     config = _config(args)
     if (home / "fleet.json").exists():
@@ -432,6 +645,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     hosts = args.hosts or config.fleet.hosts
     started_ray = False
     address = args.address
+    from fleetlog.actors.fleet import Fleet, namespace_for
+
     if not address:
         port = _free_port()
         ray_cli = Path(sys.executable).with_name("ray")
@@ -483,18 +698,22 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from fleetlog.actors.fleet import SETTLED, Fleet
-
     home = _home(args).resolve()
-    info = _fleet_info(args)
+    config = _config(args)
     raw: dict[str, object] = {"prompt": args.prompt, "agent": args.agent, "tenant": args.tenant}
     if args.id:
         raw["id"] = args.id
-    task = parse_task(raw, source="submit")
+    try:
+        task = parse_task(raw, source="submit", config=config)
+    except TaskFileError as e:
+        raise FleetlogError(e.detail) from None
+    info = _fleet_info(args)
+    from fleetlog.actors.fleet import Fleet
+
     task_id = task.id or new_task_id()
     session_id = session_id_for(task_id)
     with _ray(info["address"], info["namespace"]):
-        fleet = Fleet.join(home, _config(args))
+        fleet = Fleet.join(home, config)
         fleet.submit(task, session_id)
         _out(session_id)
         if args.wait:
@@ -520,6 +739,9 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         rows = [r for r in rows if r["status"] == args.status]
     if args.json:
         _print_json(rows)
+    elif not rows:
+        which = f" {args.status}" if args.status else ""
+        _out(f"no{which} sessions in {_home(args).resolve()}")
     else:
         _table(
             rows,
@@ -533,22 +755,33 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                 "cost_usd",
                 "error",
             ],
+            fold=("error",),
+        )
+        counts = Counter(r["status"] for r in rows)
+        _out(
+            f"({_plural(len(rows), 'session')}: "
+            + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+            + ")"
         )
     return 0
 
 
 def _find_stream(args: argparse.Namespace, session_id: str) -> list[Any]:
-    for reader in _open_logs(args):
-        try:
-            if reader.last_seq(session_id) > 0:
-                stream = reader.read_stream(session_id, resolve_blobs=False)
-                # Summaries are shown in the timeline: the few kept as blobs are read.
-                return [
-                    reader.blobs.resolve(e) if isinstance(e.event, ContextCompacted) else e
-                    for e in stream
-                ]
-        finally:
-            reader.close()
+    """A session's events; ``session_id`` may also be its task id or a unique prefix."""
+    for attempt in range(2):
+        for reader in _open_logs(args):
+            try:
+                if reader.last_seq(session_id) > 0:
+                    stream = reader.read_stream(session_id, resolve_blobs=False)
+                    # Summaries are shown in the timeline: the few kept as blobs are read.
+                    return [
+                        reader.blobs.resolve(e) if isinstance(e.event, ContextCompacted) else e
+                        for e in stream
+                    ]
+            finally:
+                reader.close()
+        if attempt == 0:
+            session_id = _resolve_session(args, session_id)
     raise SessionNotFound(session_id)
 
 
@@ -557,9 +790,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     stream = _find_stream(args, args.session)
     if args.json:
-        _out(msgspec.json.encode(stream).decode())
+        # One JSON array, one event per line (as _json_lines, msgspec's encoding kept).
+        events = ",\n".join(msgspec.json.encode(env).decode() for env in stream)
+        _out(f"[\n{events}\n]" if stream else "[]")
         return 0
-    state = fold(args.session, stream)
+    session_id = stream[0].session_id if stream else args.session
+    state = fold(session_id, stream)
     _out(
         f"session {state.session_id}  task {state.task_id}  {state.status}  "
         f"agent {state.agent_type}  tenant {state.tenant}"
@@ -635,36 +871,70 @@ def cmd_reviews(args: argparse.Namespace) -> int:
     rows = _reviews(args)
     if args.json:
         _print_json(rows)
-    elif not rows:
+        return 0
+    if not rows:
         _out("no tool calls await review")
-    else:
-        _table(rows, ["session_id", "call_id", "call_hash", "tool", "risk", "reason", "input"])
+        return 0
+    # One block per call, not a table: a table narrows its columns to the terminal and
+    # cuts the call id, the one value approve/deny need. Here ids always print whole.
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["requested_at"]))
+        _out(f"{row['session_id']}  {row['call_id']}")
+        _out(
+            f"  {row['tool']} (risk {row['risk']}) · requested {when} · hash {row['call_hash']}"
+            + (" · in doubt: it may have run before a crash" if row["in_doubt"] else "")
+        )
+        _out(f"  reason: {row['reason']}")
+        text = " ".join(str(row["input"]).split())
+        _out(f"  input:  {text[:297] + '...' if len(text) > 300 else text}")
+        _out("")
+    _out(
+        f"{_plural(len(rows), 'call')} awaiting review: fleetlog approve SESSION CALL_ID "
+        "[--note TEXT] / fleetlog deny SESSION CALL_ID [--end] (a unique prefix of either "
+        "id, or the task id, is enough)"
+    )
     return 0
 
 
 # --- decisions -----------------------------------------------------------------------------
 
 
-def _decide(args: argparse.Namespace, kind: str) -> int:
+def _command(args: argparse.Namespace, kind: str, reviewer: str = "") -> tuple[str, Any]:
+    """``(session id, Command)`` for approve/deny/cancel, as ``args`` names them.
+
+    The session by id, task id or prefix, and the call by id or prefix: resolved once,
+    here, so the fleet and the log are told exact ids. The reviewer is ``$USER``
+    unless named.
+    """
     from fleetlog.actors.runner import Command
 
-    home = _home(args).resolve()
-    reviewer = os.environ.get("USER", "") or "operator"
+    stream = _find_stream(args, args.session)
+    session_id: str = stream[0].session_id
+    call_id = getattr(args, "call_id", "") or ""
+    if call_id:
+        call_id = _resolve_call(session_id, fold(session_id, stream).tool_calls, call_id)
     command = Command(
         kind=kind,
-        call_id=getattr(args, "call_id", "") or "",
+        call_id=call_id,
         note=getattr(args, "note", "") or "",
-        reviewer=reviewer,
+        reviewer=reviewer or os.environ.get("USER", "") or "operator",
         end_session=bool(getattr(args, "end", False)),
         call_hash=getattr(args, "hash", "") or "",
     )
+    return session_id, command
+
+
+def _decide(args: argparse.Namespace, kind: str) -> int:
+    home = _home(args).resolve()
+    session_id, command = _command(args, kind)
+    args = argparse.Namespace(**{**vars(args), "session": session_id, "call_id": command.call_id})
     # Either way the decision is durable in the log before this returns (SPEC §4).
     info = _fleet_location(args)
     if info is not None and _route_to_fleet(home, info, args, command):
-        _out(f"{kind}: recorded; the running fleet goes on with the session")
+        _out(f"{kind}: recorded; the running fleet goes on with {session_id}")
         return 0
-    if _append_offline(args, args.session, command):
-        _out(f"{kind}: recorded; the session picks it up when it runs")
+    if _append_offline(args, session_id, command):
+        _out(f"{kind}: recorded; {session_id} picks it up when it runs")
     else:
         _out(f"{kind}: already recorded; nothing to do")
     return 0
@@ -774,7 +1044,7 @@ def _projections(cli: argparse.Namespace, method: str, *args: Any) -> dict[str, 
     from fleetlog.projections.projector import Projector
     from fleetlog.projections.service import answer
 
-    home = _home(cli).resolve()
+    home = _existing_home(cli)
     info = _fleet_location(cli)
     if info is not None:
         import ray
@@ -868,7 +1138,7 @@ def _print_arrow(table: Any, fmt: str) -> None:
     names: list[str] = list(table.column_names)
     rows: list[dict[str, Any]] = table.to_pylist()
     if fmt == "json":
-        _out(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows]))
+        _print_json([{k: _jsonable(v) for k, v in r.items()} for r in rows])
     elif fmt == "csv":
         import csv
 
@@ -949,7 +1219,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    home = _home(args)
+    home = _existing_home(args)
     spec = _log_spec(args)
     paths = partition_dirs(home / "log") if spec == "file" else [spec]
     if not paths:
@@ -1002,13 +1272,48 @@ def _verify_shared(spec: str) -> VerifyReport:
 # --- argument parsing ----------------------------------------------------------------------
 
 
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The options every command takes, before or after its name (SPEC §4).
+
+    On the main parser they default to None; on each command's parser to SUPPRESS,
+    so that one given after the command name wins and its absence keeps one given
+    before it (``fleetlog --home H sessions`` = ``fleetlog sessions --home H``).
+    """
+    parser.add_argument(
+        "--home",
+        default=default,
+        metavar="DIR",
+        help="fleet home (default $FLEETLOG_HOME, else ./.fleetlog)",
+    )
+    parser.add_argument(
+        "--config",
+        default=default,
+        metavar="FILE",
+        help="config file (default ./fleetlog.toml if present)",
+    )
+    parser.add_argument(
+        "--address",
+        default=default,
+        help="a running Ray cluster: run and up join it instead of starting one; the other "
+        "commands find the fleet there (default $RAY_ADDRESS, or HOME/fleet.json)",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from fleetlog.console import serve
+    except ImportError as e:  # fastapi/uvicorn are dependencies: a broken install
+        raise FleetlogError(f"the web console cannot start: {e} (reinstall fleetlog)") from None
+    return serve(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--home", help="fleet home (default $FLEETLOG_HOME, else ./.fleetlog)")
-    common.add_argument("--config", help="config file (default ./fleetlog.toml if present)")
+    _global_options(common, argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog="fleetlog", description="A production runtime for fleets of LLM agents."
     )
+    _global_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
@@ -1022,14 +1327,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("tasks", nargs="?", help="tasks file (JSON Lines, SPEC §5)")
     run.add_argument("--demo", type=int, metavar="N", help="run N generated demo tasks instead")
     run.add_argument("--hosts", type=int, help="SessionHost actors (default [fleet] hosts)")
-    run.add_argument("--address", help="join a running Ray cluster instead of starting one")
+    run.add_argument(
+        "--model",
+        help="the model of every new session of this run (a Claude model id, or scripted: "
+        "offline); --demo defaults to scripted whatever ANTHROPIC_API_KEY says",
+    )
     run.add_argument(
         "--no-progress", action="store_true", help="plain progress lines, no live display"
     )
 
     up = add("up", cmd_up, "start a long-running local fleet (Ray head + detached actors)")
     up.add_argument("--hosts", type=int, help="SessionHost actors (default [fleet] hosts)")
-    up.add_argument("--address", help="use this running Ray cluster instead of starting one")
     add("down", cmd_down, "stop the long-running fleet")
     submit = add(
         "submit", cmd_submit, "submit one task to the running fleet; prints the session id"
@@ -1094,6 +1402,19 @@ def _parser() -> argparse.ArgumentParser:
         "--rebuild", action="store_true", help="drop every projection and rebuild from the log"
     )
 
+    serve = add(
+        "serve", cmd_serve, "the web console: overview, review queue, timelines, read-only SQL"
+    )
+    serve.add_argument("--host", help="address to listen on (default [console] host: 127.0.0.1)")
+    serve.add_argument(
+        "--port", type=int, help="TCP port (default [console] port: 8700; 0: any free port)"
+    )
+    serve.add_argument(
+        "--token",
+        help="bearer token required on every API request (default $FLEETLOG_CONSOLE_TOKEN, "
+        "then [console] token); without one, loopback addresses only",
+    )
+
     verify = add(
         "verify", cmd_verify, "check the log end to end (checksums, contiguous sequence numbers)"
     )
@@ -1108,7 +1429,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Before Ray is imported anywhere: it reads its auth settings at import.
         _ray_auth(_home(args).resolve(), create=args.command == "up")
-        return func(args)
+        status = func(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return status
+    except BrokenPipeError:
+        # `fleetlog show S | head`: the reader has what it wanted. Stop quietly, as a
+        # command killed by SIGPIPE would (status 128 + 13), with no "Broken pipe" line.
+        # stdout is pointed at /dev/null so the interpreter's last flush cannot fail.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except UsageError as e:
         print(f"fleetlog: {e}", file=sys.stderr)
         return 2

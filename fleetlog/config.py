@@ -97,6 +97,9 @@ class FleetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     #: Where session workspaces live (default HOME/workspaces); a shared filesystem for a
     #: fleet on several nodes, or a session moved to another node finds its files gone.
     workspaces: str | None = None
+    #: Directories under which a task may name an absolute ``workspace`` (a user's own
+    #: checkout, say); symlinks are resolved before the check. Empty: relative only.
+    workspace_roots: list[str] = []
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -184,6 +187,18 @@ class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     allow: list[str] = []
 
 
+class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[console]``: ``fleetlog serve``, the web console."""
+
+    #: The address it listens on. Anything but a loopback address needs a token.
+    host: str = "127.0.0.1"
+    #: Its TCP port (0: any free port).
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8700
+    #: The bearer token every API request must carry. ``--token`` and
+    #: ``FLEETLOG_CONSOLE_TOKEN`` win over it; keep it out of files others can read.
+    token: str | None = None
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     """The whole configuration. ``Config()`` is what runs when there is no file.
 
@@ -200,6 +215,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     agents: dict[str, AgentConfig] = {}
     policy: PolicyConfig | None = None
     tools: ToolsConfig = ToolsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     #: The file this came from (``None``: built-in defaults).
     source: str | None = None
 
@@ -227,6 +243,27 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         if found is not None:
             return found
         return self.agents.get("default") or AgentConfig()
+
+    def undefined_agent(self, name: str) -> str | None:
+        """Why a task may not name agent ``name`` here (one line), or None if it may.
+
+        Once the file defines any ``[agents.*]``, a name it does not define is a typo
+        far more often than a wish for the default agent (every built-in tool, no
+        system prompt): refused. ``default`` itself is always allowed.
+        """
+        if not self.agents or name in self.agents or name == "default":
+            return None
+        where = self.source or "the config"
+        return (
+            f"agent `{name}` is not defined in {where}{_did_you_mean(name, list(self.agents))}; "
+            f"it defines {', '.join(sorted(self.agents))}"
+        )
+
+    def with_model(self, model: str) -> Config:
+        """This config with every agent on ``model`` (``fleetlog run --model``)."""
+        agents = {name: msgspec.structs.replace(a, model=None) for name, a in self.agents.items()}
+        fleet = msgspec.structs.replace(self.fleet, model=model)
+        return msgspec.structs.replace(self, fleet=fleet, agents=agents)
 
     def limits_for(self, agent: str, task_limits: Mapping[str, float | int] | None) -> Limits:
         """``[limits]`` <- the agent's ``limits`` <- the task's ``limits`` (later wins).
@@ -304,7 +341,17 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     return _build_config(doc, source)
 
 
-_SECTIONS = ("fleet", "models", "context", "limits", "budgets", "agents", "policy", "tools")
+_SECTIONS = (
+    "fleet",
+    "models",
+    "context",
+    "limits",
+    "budgets",
+    "agents",
+    "policy",
+    "tools",
+    "console",
+)
 
 
 def _build_config(doc: dict[str, Any], source: str) -> Config:
@@ -339,6 +386,9 @@ def _build_config(doc: dict[str, Any], source: str) -> Config:
         raise fail("[fleet] model must not be empty")
     if fleet.workspaces is not None and not Path(fleet.workspaces).expanduser().is_absolute():
         raise fail(f"[fleet] workspaces must be an absolute path, got {_show(fleet.workspaces)}")
+    for i, root in enumerate(fleet.workspace_roots):
+        if not root.strip() or not Path(root).expanduser().is_absolute():
+            raise fail(f"[fleet] workspace_roots[{i}] must be an absolute path, got {_show(root)}")
     if fleet.tools_module is not None and not _MODULE_NAME.fullmatch(fleet.tools_module):
         raise fail(
             f"[fleet] tools_module must be a dotted module name, got {_show(fleet.tools_module)}"
@@ -385,10 +435,16 @@ def _build_config(doc: dict[str, Any], source: str) -> Config:
                     raise fail(f"[policy] {verdict}[{i}] {e}") from None
 
     tools = table(doc.get("tools", {}), ToolsConfig, "[tools]")
+    console = table(doc.get("console", {}), ConsoleConfig, "[console]")
+    if not console.host.strip():
+        raise fail("[console] host must not be empty")
+    if console.token is not None and not console.token.strip():
+        raise fail("[console] token must not be empty (leave it out for none)")
 
     return Config(
         fleet=fleet,
         tools=tools,
+        console=console,
         models=models,
         context=context,
         limits=limits,
@@ -430,8 +486,20 @@ def is_safe_id(value: str) -> bool:
     return _SAFE_ID.fullmatch(value) is not None
 
 
-def parse_task(obj: dict[str, object], *, source: str = "<task>", line: int = 0) -> Task:
-    """Validate one task (a decoded JSON object); raises :class:`TaskFileError` naming the key."""
+def parse_task(
+    obj: dict[str, object],
+    *,
+    source: str = "<task>",
+    line: int = 0,
+    config: Config | None = None,
+) -> Task:
+    """Validate one task (a decoded JSON object); raises :class:`TaskFileError` naming the key.
+
+    With ``config``, also what only the config can tell: the agent must be one it
+    defines (when it defines any), and an absolute ``workspace`` must lie under one of
+    its ``[fleet] workspace_roots`` (the task returned carries it resolved, so the
+    session works in the directory that was checked).
+    """
 
     def fail(detail: str) -> TaskFileError:
         return TaskFileError(source, line, detail)
@@ -457,7 +525,17 @@ def parse_task(obj: dict[str, object], *, source: str = "<task>", line: int = 0)
         value: str = getattr(task, key)
         if not value.strip():
             raise fail(f"`{key}` must not be empty")
+    if config is not None:
+        problem = config.undefined_agent(task.agent)
+        if problem:
+            raise fail(problem)
     if task.workspace is not None:
+        roots = config.fleet.workspace_roots if config is not None else []
+        if PurePosixPath(task.workspace).is_absolute():
+            resolved, problem = _absolute_workspace(task.workspace, roots)
+            if problem:
+                raise fail(problem)
+            return msgspec.structs.replace(task, workspace=resolved)
         problem = _workspace_problem(task.workspace)
         if problem:
             raise fail(f"`workspace` {problem}, got {_show(task.workspace)}")
@@ -490,11 +568,37 @@ def _workspace_problem(workspace: str) -> str | None:
     return None
 
 
-def load_tasks(path: str | Path) -> list[Task]:
+def _absolute_workspace(workspace: str, roots: list[str]) -> tuple[str, str]:
+    """``(resolved path, "")`` if ``workspace`` lies under one of ``roots``, else ``("", why)``.
+
+    Both sides are resolved (``..`` and symlinks, as far as they exist), so neither
+    ``/srv/repos/../etc`` nor a link under a root that points elsewhere gets out.
+    """
+    if "\x00" in workspace:
+        return "", "`workspace` must not contain a NUL character"
+    if not roots:
+        return "", (
+            f"`workspace` {_show(workspace, 300)} is absolute: allowed only under [fleet] "
+            "workspace_roots, which the config does not set (or give a path relative "
+            "to the fleet's workspaces directory)"
+        )
+    resolved = Path(workspace).resolve()
+    for root in roots:
+        if resolved.is_relative_to(Path(root).expanduser().resolve()):
+            return str(resolved), ""
+    shown = ", ".join(_show(r, 300) for r in roots)
+    via = f" (it resolves to {_show(str(resolved), 300)})" if str(resolved) != workspace else ""
+    return "", (
+        f"`workspace` {_show(workspace, 300)} is not under [fleet] workspace_roots ({shown}){via}"
+    )
+
+
+def load_tasks(path: str | Path, config: Config | None = None) -> list[Task]:
     """Read a JSON Lines tasks file; blank lines and ``#`` comments are skipped.
 
     Raises :class:`TaskFileError` for the first bad line (1-based line number), for
-    an id used twice in the file, or with line 0 when the file cannot be read.
+    an id used twice in the file, or with line 0 when the file cannot be read. With
+    ``config``, each task is also checked against it (see :func:`parse_task`).
     """
     shown = str(path)
     try:
@@ -518,7 +622,7 @@ def load_tasks(path: str | Path) -> list[Task]:
             obj = msgspec.json.decode(text)
         except msgspec.DecodeError as e:
             raise TaskFileError(shown, number, f"invalid JSON: {e}") from None
-        task = parse_task(obj, source=shown, line=number)
+        task = parse_task(obj, source=shown, line=number, config=config)
         if task.id is not None:
             first = first_line_of.setdefault(task.id, number)
             if first != number:

@@ -123,7 +123,13 @@ SELECT b.id,
        coalesce(b.v.risk, t.risk) AS risk,
        coalesce(b.v.verdict, t.verdict) AS verdict,
        coalesce(b.latency_ms, t.latency_ms) AS latency_ms,
-       coalesce(b.error, t.error) AS error,
+       -- a call closed by its session's end (below) that has events again: the note
+       -- that closed it goes, and is written again below if it is still open
+       coalesce(b.error,
+                CASE WHEN b.status IS NOT NULL AND regexp_full_match(t.error,
+                          'session (completed|failed|cancelled) '
+                          || '(before the call ran|while the call was running)')
+                     THEN NULL ELSE t.error END) AS error,
        coalesce(t.called_at, b.called_at) AS called_at,
        coalesce(b.reason, t.reason) AS reason,
        coalesce(b.v.rule, t.rule) AS rule,
@@ -253,7 +259,9 @@ SELECT b.id,
        coalesce(t.limits, b.c.limits) AS limits,
        coalesce(t.tools, b.c.tools) AS tools,
        coalesce(t.workspace, b.c.workspace) AS workspace,
-       coalesce(a.awaiting, 0) AS awaiting_reviews,
+       -- an ended session leaves no call awaiting review (they are closed below)
+       CASE WHEN coalesce(b.ended_status, t.ended_status) IS NULL
+            THEN coalesce(a.awaiting, 0) ELSE 0 END AS awaiting_reviews,
        greatest(coalesce(t.last_position, 0), b.last_position) AS last_position
 FROM b
 LEFT JOIN _agent_executions_open t ON t.id = b.id
@@ -275,5 +283,22 @@ SELECT *,
                    'compactions', compactions, 'limits', limits, 'tools', tools,
                    'workspace', workspace) AS state
 FROM _ex_merged;
+
+-- tool calls a session left open when it ended ------------------------------------
+-- No event will ever finish them: a call that had not started never runs (`denied`),
+-- one that was running when the session ended is `failed` (it may have had effects).
+-- Applied to every session of the batch that has ended, after the batch's own tool
+-- rows are in, so any split of the log into batches closes the same calls alike. An
+-- error the call already had stays; the note is only where there was none (so that a
+-- late event, which drops the note above, leaves the same row as a rebuild).
+UPDATE _agent_tool_calls_open t
+SET status = CASE WHEN t.status = 'running' THEN 'failed' ELSE 'denied' END,
+    error = coalesce(t.error, 'session ' || e.ended_status
+            || CASE WHEN t.status = 'running' THEN ' while the call was running'
+                    ELSE ' before the call ran' END)
+FROM _ex_merged e
+WHERE e.id = t.execution_id
+  AND e.ended_status IS NOT NULL
+  AND t.status IN ('pending', 'awaiting_review', 'running');
 
 DROP TABLE _mc_rows; DROP TABLE _tc_rows; DROP TABLE _st_rows; DROP TABLE _ex_merged;

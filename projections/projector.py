@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 #: Bump when tables.sql or apply.sql change what a row holds: older files are rebuilt.
-SCHEMA_VERSION: Final = "4"
+SCHEMA_VERSION: Final = "5"
 DB_FILE: Final = "projections.duckdb"
 LOCK_FILE: Final = "projections.lock"
 
@@ -250,6 +250,17 @@ def check_read_only(sql: str) -> None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _query_error(error: BaseException) -> str:
+    """DuckDB's first line, and its suggestion if it made one, on one line:
+    ``Catalog Error: Table with name x does not exist! Did you mean "events"?``."""
+    hints = [
+        line.strip()
+        for line in str(error).splitlines()[1:]
+        if line.startswith(("Did you mean", "Candidate bindings"))
+    ]
+    return " ".join([_first_line(error), *hints])
 
 
 class Projector:
@@ -546,7 +557,7 @@ class Projector:
                 cur.execute("ROLLBACK")
                 return result
             except duckdb.Error as e:
-                raise QueryError(_first_line(e)) from None
+                raise QueryError(_query_error(e)) from None
 
     def health(self, since: datetime | None = None, agent_type: str | None = None) -> pa.Table:
         """``agent_health_metrics`` for sessions created at or after ``since`` (UTC)."""

@@ -67,6 +67,10 @@ def test_home_from_environment(tmp_path: Path) -> None:
 def test_missing_log_is_one_line(tmp_path: Path) -> None:
     proc = fleetlog("verify", "--home", str(tmp_path / "nothing"))
     assert proc.returncode == 1
+    assert proc.stderr == f"fleetlog: no fleet home at {tmp_path / 'nothing'} (from --home)\n"
+    (tmp_path / "empty").mkdir()
+    proc = fleetlog("verify", "--home", str(tmp_path / "empty"))
+    assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("fleetlog: no event log")
 
 

@@ -292,6 +292,70 @@ def test_unknown_agent_gets_default_agent(tmp_path: Path) -> None:
     assert Config().agent("nobody") == AgentConfig()
 
 
+def test_a_task_may_name_only_an_agent_the_config_defines(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.toml", '[agents.coder]\ntools = ["read_file"]\n[agents.writer]\n')
+    config = load_config(path)
+    tasks = write(
+        tmp_path / "tasks.jsonl",
+        '{"prompt": "a", "agent": "coder"}\n{"prompt": "b"}\n{"prompt": "c", "agent": "codre"}\n',
+    )
+    with pytest.raises(TaskFileError) as info:
+        load_tasks(tasks, config)
+    assert str(info.value) == (
+        f"{tasks}:3: agent `codre` is not defined in {path} (did you mean `coder`?); "
+        "it defines coder, writer"
+    )
+    # Without a config, or one that defines no agents, any name goes (it groups metrics).
+    assert [t.agent for t in load_tasks(tasks)] == ["coder", "default", "codre"]
+    assert len(load_tasks(tasks, Config())) == 3
+    # `default` (a task naming none) is always allowed.
+    assert parse_task({"prompt": "x"}, config=config).agent == "default"
+
+
+def test_absolute_workspaces_only_under_the_roots(tmp_path: Path) -> None:
+    roots = tmp_path / "repos"
+    (roots / "app").mkdir(parents=True)
+    (roots / "out").symlink_to(tmp_path / "elsewhere")
+    (roots / "in").symlink_to(roots / "app")
+    config = load_config(write(tmp_path / "c.toml", f'[fleet]\nworkspace_roots = ["{roots}"]\n'))
+    assert config.fleet.workspace_roots == [str(roots)]
+
+    def workspace(value: str) -> str | None:
+        return parse_task({"prompt": "x", "workspace": value}, config=config).workspace
+
+    # Resolved, so the session works in the directory that was checked.
+    assert workspace(str(roots / "app")) == str(roots / "app")
+    assert workspace(str(roots / "in" / "src")) == str(roots / "app" / "src")
+    assert workspace(f"{roots}/app/../app") == str(roots / "app")
+    assert workspace("rel/dir") == "rel/dir"  # relative: under the fleet's workspaces
+    for escape in (
+        str(tmp_path / "elsewhere"),
+        f"{roots}/../elsewhere",
+        str(roots / "out"),
+        str(roots / "out" / "deeper"),
+        str(tmp_path / "repos-sibling"),
+        "/",
+    ):
+        with pytest.raises(TaskFileError, match=r"is not under \[fleet\] workspace_roots"):
+            workspace(escape)
+    with pytest.raises(TaskFileError, match=r"is absolute: allowed only under \[fleet\]"):
+        parse_task({"prompt": "x", "workspace": str(roots / "app")}, config=Config())
+    message = config_error(tmp_path, '[fleet]\nworkspace_roots = ["srv/repos"]\n')
+    assert message.endswith("[fleet] workspace_roots[0] must be an absolute path, got 'srv/repos'")
+
+
+def test_with_model_puts_every_agent_on_one_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    config = load_config(write(tmp_path / "m.toml", '[agents.coder]\nmodel = "claude-opus-4-1"\n'))
+    assert config.model_for("coder") == "claude-opus-4-1"
+    assert config.model_for("other") == "claude-sonnet-4-5"
+    scripted = config.with_model("scripted")
+    assert scripted.model_for("coder") == scripted.model_for("other") == "scripted"
+    assert scripted.agent("coder").tools == config.agent("coder").tools
+
+
 def test_model_for_with_and_without_api_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -428,7 +492,10 @@ def task_error(tmp_path: Path, bad_line: str) -> TaskFileError:
         ),
         ('{"prompt": "x", "workspace": "../up"}', "`workspace` must not contain `..`"),
         ('{"prompt": "x", "workspace": "a/../../b"}', "`workspace` must not contain `..`"),
-        ('{"prompt": "x", "workspace": "/etc"}', "`workspace` must be a relative path"),
+        (
+            '{"prompt": "x", "workspace": "/etc"}',
+            "`workspace` '/etc' is absolute: allowed only under [fleet] workspace_roots",
+        ),
         ('{"prompt": "x", "workspace": "C:\\\\x"}', "`workspace` must be a relative path"),
         ('{"prompt": "x", "workspace": ""}', "`workspace` must be a non-empty relative path"),
         ('{"prompt": "x",}', "invalid JSON: JSON is malformed"),

@@ -4,6 +4,7 @@ The public surface is what ``__all__`` names; everything else may change.
 """
 
 from fleetlog.actors.tools import ToolContext, tool
+from fleetlog.api import Fleet, Review, Session, WaitTimeout
 from fleetlog.events.errors import (
     BlobMissingError,
     ConcurrencyError,
@@ -30,14 +31,18 @@ __all__ = [
     "EventLog",
     "FencedError",
     "FileLog",
+    "Fleet",
     "FleetlogError",
     "Limits",
     "LogClosedError",
     "LogError",
     "LogLockedError",
+    "Review",
+    "Session",
     "SessionState",
     "ToolContext",
     "VerifyReport",
+    "WaitTimeout",
     "evolve",
     "fold",
     "follow",

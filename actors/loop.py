@@ -174,6 +174,15 @@ def _tool_result(call_id: str, text: str, *, is_error: bool) -> Message:
     return block
 
 
+def _edit_note(state: AgentState, call_id: str) -> str:
+    """What the model is told first about a call a reviewer approved with another input."""
+    call = state.session.tool_calls.get(call_id)
+    if call is None or not call.edited_from:
+        return ""
+    used = _text(call.input)
+    return f"[a reviewer changed this call's input before it ran; it ran with {used}]\n"
+
+
 def _text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(msgspec.to_builtins(value))
 
@@ -243,14 +252,16 @@ def evolve_agent(state: AgentState, envelope: Envelope) -> AgentState:
         case ToolCallProposed():
             changes["signatures"] = (*state.signatures, f"{event.tool}\x00{_text(event.input)}")
         case ToolCallCompleted():
-            shown = event.excerpt or _text(event.output)
+            shown = _edit_note(state, event.call_id) + (event.excerpt or _text(event.output))
             result = (event.call_id, _tool_result(event.call_id, shown, is_error=event.is_error))
             if event.excerpt:
                 changes["paged"] = True
         case ToolCallFailed():
-            result = event.call_id, _tool_result(event.call_id, event.error, is_error=True)
+            text = _edit_note(state, event.call_id) + event.error
+            result = event.call_id, _tool_result(event.call_id, text, is_error=True)
         case ToolCallRejected():
-            result = event.call_id, _tool_result(event.call_id, event.reason, is_error=True)
+            text = _edit_note(state, event.call_id) + event.reason
+            result = event.call_id, _tool_result(event.call_id, text, is_error=True)
         case ReviewDecided() if not event.approved:
             note = f": {event.note}" if event.note else ""
             text = f"denied by reviewer {event.reviewer or ''}".rstrip() + note

@@ -86,7 +86,7 @@ from fleetlog.events.schema import (
     ToolCallStarted,
     ToolCallVetted,
 )
-from fleetlog.events.state import SessionState, call_hash
+from fleetlog.events.state import SessionState, ToolCallState, call_hash
 
 log = logging.getLogger("fleetlog.runner")
 
@@ -179,6 +179,8 @@ class Command:
     reviewer: str = ""
     end_session: bool = False
     call_hash: str = ""
+    #: approve only: run the call with this input (a JSON object) instead of the model's
+    edited_input: str = ""
 
 
 @dataclass
@@ -780,7 +782,8 @@ class SessionRunner:
         ]
         if vetting.verdict == "deny":
             events.append(ToolCallRejected(call_id=call_id, reason=f"refused: {vetting.reason}"))
-        elif vetting.verdict == "ask":
+        elif vetting.verdict == "ask" and not call.edited_from:
+            # (An input a reviewer edited is what they approved: not asked about again.)
             events.append(
                 ReviewRequested(
                     call_id=call_id,
@@ -900,11 +903,15 @@ def command_events(state: SessionState, command: Command) -> list[Event]:
     if call is None:
         raise FleetlogError(f"session {sid} has no tool call {command.call_id}")
     digest = call_hash(call.tool, call.input)
-    if command.call_hash and command.call_hash != digest:
+    # A call a reviewer edited is still the one the model asked for: a retried decision
+    # may carry the hash of either input.
+    seen = {digest, call_hash(call.tool, call.edited_from)} if call.edited_from else {digest}
+    if command.call_hash and command.call_hash not in seen:
         raise FleetlogError(
             f"tool call {command.call_id} is {call.tool} with hash {digest}, "
             f"not {command.call_hash}: the call is not the one you saw; look again"
         )
+    edited = _edited_input(command, call) if command.edited_input else ""
     if call.decision == command.kind:
         return []
     if state.terminal:
@@ -921,11 +928,37 @@ def command_events(state: SessionState, command: Command) -> list[Event]:
             note=command.note,
             end_session=ends,
             call_hash=digest,
+            edited_input=edited,
         )
     ]
     if ends:
         events.append(SessionFailed(error=denial_error(call.in_doubt, command.note or call.tool)))
     return events
+
+
+def _edited_input(command: Command, call: ToolCallState) -> str:
+    """The reviewer's input for the call as the log keeps it; "" when it is the model's own.
+
+    A JSON object, or a one-line FleetlogError. Whether the tool accepts it and the
+    policy allows it is checked when the call is vetted again, where the tools are.
+    """
+    if command.kind != "approve":
+        raise FleetlogError("only an approval can change a call's input")
+    if call.in_doubt:
+        raise FleetlogError(
+            f"tool call {command.call_id} may have run before a crash: approve it as it was "
+            "or deny it (its input cannot be changed)"
+        )
+    try:
+        value = json.loads(command.edited_input)
+    except json.JSONDecodeError as e:
+        raise FleetlogError(f"the edited input is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise FleetlogError("the edited input must be a JSON object (the tool's arguments)")
+    original = json.loads(call.input) if isinstance(call.input, str) else None
+    if value == original:
+        return ""
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
 def denial_error(in_doubt: bool, detail: str) -> str:

@@ -3205,7 +3205,7 @@ _TEXT_FIELDS: dict[type[EventBase], tuple[str, ...]] = {
     ToolCallVetted: ("reason",),
     ToolCallRejected: ("reason",),
     ReviewRequested: ("reason",),
-    ReviewDecided: ("note",),
+    ReviewDecided: ("note", "edited_input"),
     ToolCallStarted: (),
     ToolCallCompleted: ("output", "excerpt"),
     ToolCallFailed: ("error",),

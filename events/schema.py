@@ -256,7 +256,12 @@ class ReviewRequested(EventBase, frozen=True, kw_only=True):
 
 
 class ReviewDecided(EventBase, frozen=True, kw_only=True):
-    """A human's decision, bound to the exact call: its id and ``call_hash`` of (tool, input)."""
+    """A human's decision, bound to the exact call: its id and ``call_hash`` of (tool, input).
+
+    ``edited_input`` (a JSON object; "" when not edited): approved with this input instead
+    of the model's. The call is vetted again with it (a deny rule still refuses it; an ask
+    rule is answered by this approval), runs with it, and the model is told of the edit.
+    """
 
     call_id: str
     approved: bool
@@ -264,6 +269,7 @@ class ReviewDecided(EventBase, frozen=True, kw_only=True):
     note: str = ""
     end_session: bool = False
     call_hash: str = ""
+    edited_input: str = ""
 
 
 class ToolCallStarted(EventBase, frozen=True, kw_only=True):

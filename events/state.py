@@ -77,6 +77,7 @@ class ToolCallState(msgspec.Struct, frozen=True, kw_only=True):
     output: Payload = ""
     error: str = ""
     decision: str = ""  # "approve" / "deny" once a reviewer decided (commands are idempotent)
+    edited_from: Payload = ""  # the model's input, when a reviewer approved an edited one
 
 
 class SessionState(msgspec.Struct, frozen=True, kw_only=True):
@@ -249,7 +250,19 @@ def evolve(state: SessionState, envelope: Envelope) -> SessionState:
                 changes["status"] = "awaiting_review"
         case ReviewDecided():
             call = state.tool_calls[event.call_id]
-            if event.approved:
+            if event.approved and event.edited_input:
+                # Vetted again with the new input (the verdict cleared), then run with it.
+                changes = _with_call(
+                    state,
+                    call,
+                    status="pending",
+                    in_doubt=False,
+                    decision="approve",
+                    input=event.edited_input,
+                    verdict="",
+                    edited_from=call.input,
+                )
+            elif event.approved:
                 changes = _with_call(
                     state, call, status="pending", in_doubt=False, decision="approve"
                 )

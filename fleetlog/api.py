@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -426,11 +427,16 @@ class Fleet:
         note: str = "",
         call_hash: str = "",
         reviewer: str = "",
+        input: Mapping[str, Any] | None = None,
     ) -> None:
         """Approve a call waiting for review; the session runs it and goes on. With
         ``call_hash`` (as :meth:`reviews` gives it), refused if the call is another one.
-        ``reviewer`` defaults to ``$USER``."""
-        self._decide("approve", session, call_id, note, call_hash, reviewer, end=False)
+        ``reviewer`` defaults to ``$USER``. ``input``: run the call with these arguments
+        instead of the model's (vetted again: a deny rule still refuses them)."""
+        edited = "" if input is None else json.dumps(dict(input))
+        self._decide(
+            "approve", session, call_id, note, call_hash, reviewer, end=False, edited=edited
+        )
 
     def deny(
         self,
@@ -460,6 +466,7 @@ class Fleet:
         reviewer: str,
         *,
         end: bool,
+        edited: str = "",
     ) -> None:
         """Durable in the log before it returns, like the CLI's approve/deny/cancel."""
         from fleetlog import cli
@@ -468,7 +475,7 @@ class Fleet:
         if self._closed:
             raise FleetlogError(f"{kind}: this Fleet is closed")
         fields = {**vars(self._args), "session": session, "call_id": call_id}
-        args = argparse.Namespace(**fields, note=note, end=end, hash=call_hash)
+        args = argparse.Namespace(**fields, note=note, end=end, hash=call_hash, input=edited)
         session_id, command = cli._command(args, kind, reviewer)
         if kind != "cancel":
             # Refused here, as the owner would refuse it (not awaiting review, hash).

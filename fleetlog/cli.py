@@ -920,6 +920,7 @@ def _command(args: argparse.Namespace, kind: str, reviewer: str = "") -> tuple[s
         reviewer=reviewer or os.environ.get("USER", "") or "operator",
         end_session=bool(getattr(args, "end", False)),
         call_hash=getattr(args, "hash", "") or "",
+        edited_input=getattr(args, "input", "") or "",
     )
     return session_id, command
 
@@ -1368,6 +1369,13 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("--note", default="")
     approve.add_argument(
         "--hash", default="", help="the call's hash as `reviews` shows it: refuse any other call"
+    )
+    approve.add_argument(
+        "--input",
+        default="",
+        metavar="JSON",
+        help="run the call with this input (a JSON object) instead of the model's; it is "
+        "vetted again (deny rules still refuse it) and the model is told",
     )
 
     deny = add(

@@ -74,6 +74,10 @@ WITH b AS (
            arg_min({'step': f.step, 'tool': f.tool, 'input': f.input}, seq)
                FILTER (type = 'ToolCallProposed') AS p,
            min(ts) FILTER (type = 'ToolCallProposed') AS called_at,
+           -- approved with an edited input: the input it runs with
+           arg_max(f.edited_input, seq)
+               FILTER (type = 'ReviewDecided' AND f.approved AND f.edited_input <> '')
+               AS edited_input,
            arg_max(f.output, seq) FILTER (type = 'ToolCallCompleted') AS tool_output,
            arg_max(CASE type
                        WHEN 'ToolCallProposed' THEN 'pending'
@@ -117,7 +121,7 @@ SELECT b.id,
        b.execution_id,
        coalesce(t.step_number, b.p.step) AS step_number,
        coalesce(t.tool_name, b.p.tool) AS tool_name,
-       coalesce(t.tool_input, b.p.input) AS tool_input,
+       coalesce(b.edited_input, t.tool_input, b.p.input) AS tool_input,
        coalesce(b.tool_output, t.tool_output) AS tool_output,
        coalesce(b.status, t.status, 'pending') AS status,
        coalesce(b.v.risk, t.risk) AS risk,

@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 #: Bump when tables.sql or apply.sql change what a row holds: older files are rebuilt.
-SCHEMA_VERSION: Final = "5"
+SCHEMA_VERSION: Final = "6"
 DB_FILE: Final = "projections.duckdb"
 LOCK_FILE: Final = "projections.lock"
 
@@ -93,6 +93,7 @@ _FIELDS: Final = {
     **dict.fromkeys(
         ["verdict", "risk", "rule", "reason", "reviewer", "note", "idempotency_key"], "VARCHAR"
     ),
+    "edited_input": "VARCHAR",
     **dict.fromkeys(
         ["task_id", "tenant", "agent_type", "prompt", "workspace", "owner", "result"], "VARCHAR"
     ),

@@ -387,7 +387,9 @@ def repair(messages: Sequence[Message], task: str) -> tuple[Message, ...]:
     The task opens the first message; an orphaned or repeated ``tool_result`` is dropped;
     a ``tool_use`` left unanswered gets an ``is_error`` result saying so; a repeated
     ``tool_use`` id is dropped; same-role neighbours are merged; empty messages go.
+    An empty task (no text to open with: empty text blocks are dropped) is "(no task)".
     """
+    task = task or "(no task)"
     out: list[Message] = []
     for message in messages:
         role = message.get("role")
@@ -443,7 +445,7 @@ def repair(messages: Sequence[Message], task: str) -> tuple[Message, ...]:
         blocks = [b for b in blocks if not (b.get("type") == "text" and not b.get("text"))]
         if not blocks:
             if message["role"] == "user" and i == 0:
-                blocks = [{"type": "text", "text": task or "(no task)"}]
+                blocks = [{"type": "text", "text": task}]
             else:
                 continue
         if fixed and fixed[-1]["role"] == message["role"]:

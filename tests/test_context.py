@@ -1198,3 +1198,27 @@ def test_bug_excerpt_with_a_tiny_limit() -> None:
     text = "abcdefghij"
     out = excerpt(text, 5, "c1")
     _known_bug(len(out) <= len(text) + 300 and "-" not in out.split("characters cut")[0], repr(out))
+
+
+def test_bug_repair_of_a_first_message_opening_with_empty_text() -> None:
+    """Found in CI by ``test_the_loop_repairs_a_broken_conversation_once``: a first message
+    whose first text block is empty has the task "" (``task_of``); ``repair`` dropped the
+    empty block, so the next text (an earlier summary) became "the task", and the repaired
+    conversation still did not verify. An empty task is now "(no task)", put first."""
+    broken: list[Message] = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": ""},
+                {"type": "text", "text": "[Earlier steps, compacted]\nread a file"},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "read_file", "input": {}}],
+        },
+        {"role": "user", "content": []},
+    ]
+    fixed = repair(broken, task_of(broken))
+    _known_bug(verify(fixed, "(no task)") == [], f"{verify(fixed, '(no task)')}: {fixed}")
+    assert task_of(fixed) == "(no task)" and repair(list(fixed), task_of(fixed)) == fixed

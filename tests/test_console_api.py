@@ -7,6 +7,7 @@ starting one); decisions made over HTTP are read back by folding the log.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +15,23 @@ from typing import Any
 
 import pytest
 import schemathesis
-from console_fixtures import EMAIL, Server, build_home, fold_session, serving
+from console_fixtures import EMAIL, SHELL, Server, build_home, fold_session, serving
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
 from fleetlog.events.errors import FleetlogError
-from fleetlog.events.schema import ReviewDecided, SessionFailed
+from fleetlog.events.filelog import FileLog
+from fleetlog.events.schema import (
+    ReviewDecided,
+    ReviewRequested,
+    SessionClaimed,
+    SessionCreated,
+    SessionFailed,
+    ToolCallProposed,
+    ToolCallStarted,
+    ToolCallVetted,
+)
 from fleetlog.events.state import call_hash
 
 TOKEN = "console-test-token-4d1f"
@@ -169,6 +180,7 @@ def test_approve_over_http_is_in_the_log(server: Server) -> None:
         "decision": "approve",
         "reviewer": "alice",
         "recorded_via": "log",
+        "edited": False,
     }
     state, stream = fold_session(server.home, "s-mail")
     decided = [e.event for e in stream if isinstance(e.event, ReviewDecided)]
@@ -187,6 +199,97 @@ def test_approve_over_http_is_in_the_log(server: Server) -> None:
     status, timeline = server.call("GET", "/api/sessions/s-mail")
     event = next(e for e in timeline["events"] if e["type"] == "ReviewDecided")
     assert event["kind"] == "review" and "approved by alice" in event["summary"]
+
+
+def _decisions(home: Path, session_id: str) -> list[ReviewDecided]:
+    _, stream = fold_session(home, session_id)
+    return [e.event for e in stream if isinstance(e.event, ReviewDecided)]
+
+
+def test_edit_then_approve_over_http(tmp_path: Path) -> None:
+    """``input`` on an approval: the call runs with it (the log's ReviewDecided holds it).
+    What cannot be an edit (not an object, on a denial, of a call in doubt) is a one-line
+    4xx and records nothing. A denial takes no ``input`` at all: 422, an unknown field."""
+    home = build_home(tmp_path)
+    with FileLog.open(home / "log" / "p0") as log:  # a call that may have run before a crash
+        doubt = [
+            SessionCreated(task_id="doubt", prompt="p", agent_type="ops", tenant="acme"),
+            SessionClaimed(owner="host-0@test", node="test", epoch=1),
+            ToolCallProposed(step=1, call_id="toolu_doubt1", tool="send_email", input=EMAIL),
+            ToolCallVetted(call_id="toolu_doubt1", verdict="ask", risk="external"),
+            ToolCallStarted(call_id="toolu_doubt1", idempotency_key="s-doubt:toolu_doubt1"),
+            ReviewRequested(call_id="toolu_doubt1", reason="in doubt", in_doubt=True),
+        ]
+        for seq, event in enumerate(doubt):
+            log.append("s-doubt", [event], seq, 0 if seq == 0 else 1)
+    path = "/api/reviews/s-mail/toolu_mail1/approve"
+    with serving(home, token=TOKEN, config=tmp_path / "fleetlog.toml") as srv:
+        refused: list[tuple[str, dict[str, Any] | None, bytes | None, int, str]] = [
+            (path, {"reviewer": "a", "input": ["to", "x@y.example"]}, None, 422, "input"),
+            (path, {"reviewer": "a", "input": '{"to": "x@y.example"}'}, None, 422, "input"),
+            (path, {"reviewer": "a", "input": 5}, None, 422, "input"),
+            (path, None, b'{"reviewer": "a", "input": {"n": NaN}}', 422, "input"),
+            (
+                "/api/reviews/s-mail/toolu_mail1/deny",
+                {"reviewer": "a", "input": {"to": "x@y.example"}},
+                None,
+                422,
+                "input: Extra inputs are not permitted",
+            ),
+            (
+                "/api/reviews/s-doubt/toolu_doubt1/approve",
+                {"reviewer": "a", "input": {"to": "x@y.example"}},
+                None,
+                409,
+                "may have run before a crash",
+            ),
+        ]
+        for where, body, raw, expected, words in refused:
+            status, error = srv.call("POST", where, body, raw=raw)
+            assert status == expected, (body, raw, status, error)
+            assert set(error) == {"error"} and "\n" not in error["error"], error
+            assert words in error["error"], error
+        assert _decisions(home, "s-mail") == [] and _decisions(home, "s-doubt") == []
+
+        # An edit: recorded with the edited input, the model's hash and the reviewer.
+        edit = {**json.loads(EMAIL), "to": "carol@acme.example.com"}
+        digest = call_hash("send_email", EMAIL)
+        body = {"reviewer": "alice", "call_hash": digest, "input": edit}
+        status, result = srv.call("POST", path, body)
+        assert status == 200, result
+        assert result["edited"] is True and result["recorded_via"] == "log"
+        [decided] = _decisions(home, "s-mail")
+        assert decided.approved and decided.reviewer == "alice" and decided.call_hash == digest
+        assert json.loads(decided.edited_input) == edit
+        state, _ = fold_session(home, "s-mail")
+        call = state.tool_calls["toolu_mail1"]
+        assert call.edited_from == EMAIL and json.loads(str(call.input)) == edit
+        # The same decision again (under either input's hash) records nothing more.
+        edited_digest = call_hash("send_email", decided.edited_input)
+        for again in (digest, edited_digest):
+            status, result = srv.call("POST", path, {**body, "call_hash": again})
+            assert status == 200 and result["recorded_via"] == "already", result
+            assert result["edited"] is True
+        assert len(_decisions(home, "s-mail")) == 1
+        # The session's page: the timeline's decision carries the edited input, and the
+        # call's input is the one that runs.
+        status, detail = srv.call("GET", "/api/sessions/s-mail")
+        assert status == 200
+        event = next(e for e in detail["events"] if e["type"] == "ReviewDecided")
+        assert event["data"]["edited_input"] == decided.edited_input
+        assert "approved by alice" in event["summary"]
+        [row] = [c for c in detail["tool_calls"] if c["call_id"] == "toolu_mail1"]
+        assert json.loads(row["input"]) == edit and row["call_hash"] == edited_digest
+
+        # An "edit" that changes nothing is a plain approval.
+        status, result = srv.call(
+            "POST",
+            "/api/reviews/s-push/toolu_push1/approve",
+            {"reviewer": "bob", "input": json.loads(SHELL)},
+        )
+        assert status == 200 and result["edited"] is False, result
+        [plain] = _decisions(home, "s-push")
+        assert plain.approved and plain.edited_input == ""
 
 
 def test_deny_and_end_the_session(server: Server) -> None:

@@ -4,13 +4,15 @@ A real fleet makes the home (``fleetlog run --demo 30``: sessions that complete,
 and wait for review). The browser logs in with the token and approves a call from
 the review queue while no fleet runs (the decision goes to the log); ``fleetlog up``
 starts a fleet, which resumes that session, and the session's page follows it to
-``completed`` without a reload. A second call is approved with the fleet up: the
-decision goes to the fleet, which finishes that session at once. Screenshots go to
-the test's directory, and to ``docs/img/`` when ``FLEETLOG_SCREENSHOTS=1``.
+``completed`` without a reload. A second call is edited in the page, then approved
+with the fleet up ("Edit & approve"): the decision goes to the fleet, which finishes
+that session at once, its email sent to the edited address. Screenshots go to the
+test's directory, and to ``docs/img/`` when ``FLEETLOG_SCREENSHOTS=1``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,6 +30,8 @@ from fleetlog.events.schema import ReviewDecided, SessionCompleted, ToolCallComp
 TOKEN = "browser-test-token-7c2a"
 DEMO = "30"  # the smallest demo with two calls for review (email tasks)
 REPO = Path(__file__).resolve().parents[1]
+#: Where the second review's email goes instead, edited in the page before it is approved.
+EDITED_TO = "grace.reviewer@example.org"
 #: Fleet-wide budgets, wide enough that no demo session runs into them.
 CONFIG = """\
 [budgets.acme]
@@ -155,6 +159,42 @@ def _approve(browser: Any, card: Any, note: str) -> str:
     return text
 
 
+def _decided(envelope: Any) -> bool:
+    return isinstance(envelope.event, ReviewDecided)
+
+
+def _edit_and_approve(
+    server: Server, browser: Any, card: Any, edited: dict[str, Any], tmp_path: Path
+) -> str:
+    """ "Edit & approve" on card: JSON that does not parse is refused in the page (no
+    request is made); then edited is approved. The confirmation's text."""
+    from selenium.webdriver.common.by import By
+
+    queued = len(server.call("GET", "/api/reviews")[1])
+    card.find_element(By.CSS_SELECTOR, "button.edit").click()
+    area = card.find_element(By.CSS_SELECTOR, ".editor .edit-input")
+    assert area.is_displayed()
+    call_id = card.get_attribute("data-call-id")
+    [review] = [r for r in server.call("GET", "/api/reviews")[1] if r["call_id"] == call_id]
+    assert json.loads(area.get_attribute("value")) == json.loads(review["input"])  # prefilled
+    area.clear()
+    area.send_keys('{"to": ')
+    card.find_element(By.CSS_SELECTOR, "button.approve-edited").click()
+    error = card.find_element(By.CSS_SELECTOR, ".edit-error")
+    _wait(lambda: error.is_displayed() and "Not valid JSON" in error.text, what="the inline error")
+    assert len(server.call("GET", "/api/reviews")[1]) == queued  # nothing was sent
+    area.clear()
+    area.send_keys(json.dumps(edited, indent=2))
+    assert not error.is_displayed()  # cleared as the input changed
+    _shot(browser, tmp_path, "console-review-edit")
+    card.find_element(By.CSS_SELECTOR, "button.approve-edited").click()
+    flash = browser.find_element(By.ID, "flash")
+    text: str = _wait(
+        lambda: "Approved (edited)" in flash.text and flash.text, what="the confirmation"
+    )
+    return text
+
+
 def test_review_queue_approve_and_watch_the_sessions_complete(
     browser: Any, demo: tuple[Server, Path], tmp_path: Path
 ) -> None:
@@ -241,12 +281,31 @@ def test_review_queue_approve_and_watch_the_sessions_complete(
             ),
             what="the second card",
         )
-        assert "running fleet goes on" in _approve(browser, card, "")
+        # Edit, then approve: the email goes to another address than the model chose.
+        edited = {**json.loads(second["input"]), "to": EDITED_TO}
+        assert "running fleet goes on" in _edit_and_approve(server, browser, card, edited, tmp_path)
+        sid2, call2 = second["session_id"], second["call_id"]
         _wait(
-            lambda: fold_session(server.home, second["session_id"])[0].status == "completed",
+            lambda: fold_session(server.home, sid2)[0].status == "completed",
             timeout=60,
             what="the second session to complete",
         )
+        [decided2] = [e.event for e in fold_session(server.home, sid2)[1] if _decided(e)]
+        assert decided2.reviewer == "Ada Operator" and json.loads(decided2.edited_input) == edited
+        [mail] = [
+            p
+            for p in (server.home / "outbox").glob("*.eml")
+            if f"X-Fleetlog-Call: {call2}" in p.read_text()
+        ]
+        headers = mail.read_text().split("\n\n", 1)[0]
+        assert f"To: {EDITED_TO}" in headers.splitlines(), headers
+        # Its timeline shows the input that ran.
+        browser.get(server.url + "/sessions/" + sid2)
+        shown = _wait(
+            lambda: browser.find_element(By.CSS_SELECTOR, "#timeline .edited-input"),
+            what="the edited input in the timeline",
+        )
+        assert json.loads(shown.text) == edited
 
         # The overview, from the fleet's own projector: counts, charts and budgets.
         browser.get(server.url + "/")

@@ -11,6 +11,7 @@ host names only (no DNS rebinding). Every error is one JSON line,
 # at run time, and some name objects local to ``create_app`` (the bearer scheme).
 import datetime
 import hmac
+import json
 import math
 import time
 from collections import Counter
@@ -117,17 +118,31 @@ Reviewer = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
 Note = Annotated[str, StringConstraints(max_length=10_000)]
 
 
-class Approval(BaseModel):
+class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reviewer: Reviewer = Field(description="who decides: recorded on the decision")
     note: Note = ""
     call_hash: Annotated[str, StringConstraints(max_length=64)] = Field(
-        "", description="the hash the queue showed: refuse any other call under this id"
+        "",
+        description="the hash the queue showed: refuse any other call under this id (after "
+        "an edited approval, the hash of either input)",
     )
 
 
-class Denial(Approval):
+class Approval(Decision):
+    input: dict[str, Any] | None = Field(
+        None,
+        description="run the call with this input (a JSON object: the tool's arguments) "
+        "instead of the model's. It is vetted again (a deny rule still refuses it) and the "
+        "model is told; the model's own input is recorded as a plain approval. Not for a "
+        "call in doubt after a crash (409).",
+    )
+
+
+class Denial(Decision):
+    """A denial takes no ``input``: sending one is a 422, as for any unknown field."""
+
     end_session: bool = Field(False, description="also end the session (DENIED_BY_REVIEWER)")
 
 
@@ -146,6 +161,9 @@ class DecisionResult(BaseModel):
     recorded_via: Literal["fleet", "log", "already"] = Field(
         description="the running fleet took it, it was appended to the log, or it was "
         "recorded before"
+    )
+    edited: bool = Field(
+        False, description="the call was approved with an input the reviewer edited"
     )
 
 
@@ -581,7 +599,11 @@ def create_app(
         responses=_errors(400, 401, 404, 409, 422, 503),
     )
     def approve(session_id: SessionId, call_id: CallId, body: Approval) -> dict[str, Any]:
-        """Approve a call; the session resumes (now if its fleet runs, else when it runs)."""
+        """Approve a call; the session resumes (now if its fleet runs, else when it runs).
+
+        With ``input``, the call runs with that input instead of the model's (edit, then
+        approve): vetted again first, so a deny rule still refuses it.
+        """
         return backend.decide(
             session_id,
             "approve",
@@ -589,6 +611,7 @@ def create_app(
             call_id=call_id,
             note=body.note,
             call_hash=body.call_hash,
+            edited_input=_edited_input(body.input),
         )
 
     @api.post(
@@ -656,6 +679,18 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _edited_input(value: dict[str, Any] | None) -> str:
+    """An approval's edited input as the log keeps it (JSON text; "" for none)."""
+    if value is None:
+        return ""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode()
+    except ValueError as e:  # NaN or Infinity (Python's JSON reads them), a lone surrogate
+        raise StarletteHTTPException(422, f"input: not valid JSON text ({e})") from None
+    return text
 
 
 def _loopback_host(header: str) -> bool:

@@ -154,9 +154,16 @@ class Backend:
         note: str = "",
         end: bool = False,
         call_hash: str = "",
+        edited_input: str = "",
     ) -> dict[str, Any]:
-        """Record approve / deny / cancel durably; what was done and how."""
+        """Record approve / deny / cancel durably; what was done and how.
+
+        ``edited_input`` (approve only; a JSON object as text): run the call with it
+        instead of the model's input. ``edited`` in the answer: the call was approved
+        with an edited input (an edit equal to the model's input is a plain approval).
+        """
         from fleetlog.actors.runner import Command, command_events
+        from fleetlog.events.schema import ReviewDecided
 
         sid, stream = self.stream(session)
         state = fold(sid, stream)
@@ -169,12 +176,19 @@ class Backend:
             reviewer=reviewer,
             end_session=end,
             call_hash=call_hash,
+            edited_input=edited_input,
         )
         try:
-            # Refused here, before any fleet is asked, exactly as the owner would refuse it.
-            command_events(state, command)
+            # Refused here, before any fleet is asked, exactly as the owner would refuse it
+            # (an edit that is not a JSON object, on a denial, or of a call in doubt).
+            events = command_events(state, command)
         except FleetlogError as e:
             raise Conflict(str(e)) from None
+        if events:
+            edited = any(isinstance(e, ReviewDecided) and e.edited_input for e in events)
+        else:  # decided before: say how it was decided
+            call = state.tool_calls.get(call_id)
+            edited = kind == "approve" and call is not None and bool(call.edited_from)
         via = ""
         info = self.fleet()
         if info is not None and info["reachable"]:
@@ -201,6 +215,7 @@ class Backend:
             "decision": kind,
             "reviewer": reviewer,
             "recorded_via": via,
+            "edited": edited,
         }
 
 

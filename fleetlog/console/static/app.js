@@ -136,41 +136,104 @@ function reviewerName() {
 
 // --- decisions ---------------------------------------------------------------------------
 
-async function decide(review, kind, note, end) {
+// A decision: { ok: true } once recorded, else { ok: false, error } (error "": nothing was sent).
+// `input` (approve only): the tool's arguments the reviewer edited, as an object.
+async function decide(review, kind, note, end, input) {
   const reviewer = reviewerName();
-  if (!reviewer) return false;
+  if (!reviewer) return { ok: false, error: "" };
   const path = "/api/reviews/" + encodeURIComponent(review.session_id) + "/" +
     encodeURIComponent(review.call_id) + "/" + (kind === "approve" ? "approve" : "deny");
   const body = { reviewer, note: note || "", call_hash: review.call_hash };
   if (kind !== "approve") body.end_session = Boolean(end);
+  else if (input !== undefined) body.input = input;
   try {
     const result = await api(path, body);
     const how = result.recorded_via === "fleet" ? "the running fleet goes on with the session"
       : result.recorded_via === "log" ? "recorded in the log; the session picks it up when its fleet runs"
       : "it was already recorded";
-    const verb = kind === "approve" ? "Approved" : end ? "Denied (session ended)" : "Denied";
+    const verb = kind !== "approve" ? (end ? "Denied (session ended)" : "Denied")
+      : result.edited ? "Approved (edited)"
+      : input !== undefined ? "Approved (the input was not changed)" : "Approved";
     flash(`${verb} ${review.tool} in ${result.session_id} as ${reviewer}: ${how}.`, "ok");
-    return true;
+    return { ok: true };
   } catch (e) {
     flash(`${kind} failed: ${e.message}`, "error");
-    return false;
+    return { ok: false, error: e.message };
   }
+}
+
+// The edited input as the object to send, or an error to show (nothing is sent then).
+function parseEdit(text) {
+  let value;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    return { error: "Not valid JSON: " + e.message };
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    return { error: "The input must be a JSON object (the tool's arguments), like {\"name\": \"value\"}." };
+  }
+  return { value };
 }
 
 function reviewCard(review, onDone) {
   const note = h("input", { class: "note", type: "text", placeholder: "note (optional)", maxlength: 10000 });
-  const buttons = [];
+  // Edit, then approve: the reviewer's input runs instead of the model's (vetted again).
+  const editArea = h("textarea", { class: "edit-input", spellcheck: "false", rows: 8, "aria-label": "the call's input, as JSON" });
+  const editError = h("div", { class: "edit-error error", role: "alert", hidden: true });
+  const showEditError = (text) => { editError.textContent = text || ""; editError.hidden = !text; };
+  editArea.addEventListener("input", () => showEditError(""));
+
+  let busy = false;
   const act = (kind, end) => async () => {
-    buttons.forEach((b) => { b.disabled = true; });
-    const ok = await decide(review, kind, note.value, end);
-    if (!ok) buttons.forEach((b) => { b.disabled = false; });
+    if (busy) return;
+    setBusy(true);
+    const { ok } = await decide(review, kind, note.value, end);
+    setBusy(false);
     if (ok && onDone) onDone();
   };
-  buttons.push(
-    h("button", { class: "approve", type: "button", onclick: act("approve", false) }, "Approve"),
-    h("button", { class: "deny", type: "button", onclick: act("deny", false), title: "the model is told; the session goes on" }, "Deny"),
-    h("button", { class: "deny-end", type: "button", onclick: act("deny", true), title: "deny and end the session (DENIED_BY_REVIEWER)" }, "Deny & end"),
+  const approveEdited = async () => {
+    if (busy) return;
+    const parsed = parseEdit(editArea.value);
+    if (parsed.error) { showEditError(parsed.error); editArea.focus(); return; } // nothing sent
+    showEditError("");
+    setBusy(true);
+    const { ok, error } = await decide(review, "approve", note.value, false, parsed.value);
+    setBusy(false);
+    if (!ok) { showEditError(error); return; } // error "": nothing was sent (no reviewer name)
+    if (onDone) onDone();
+  };
+  const openEditor = (open) => () => {
+    if (open) editArea.value = pretty(review.input);
+    editor.hidden = !open;
+    showEditError("");
+    setBusy(busy);
+    if (open) editArea.focus();
+  };
+
+  const approveButton = h("button", { class: "approve", type: "button", onclick: act("approve", false) }, "Approve");
+  const editButton = h("button", {
+    class: "edit", type: "button", onclick: openEditor(true),
+    title: review.in_doubt ? "a call in doubt after a crash cannot be changed: approve it as it was, or deny it"
+      : "change the call's input, then approve it",
+  }, "Edit & approve");
+  const denyButton = h("button", { class: "deny", type: "button", onclick: act("deny", false), title: "the model is told; the session goes on" }, "Deny");
+  const denyEndButton = h("button", { class: "deny-end", type: "button", onclick: act("deny", true), title: "deny and end the session (DENIED_BY_REVIEWER)" }, "Deny & end");
+  const approveEditedButton = h("button", { class: "approve-edited", type: "button", onclick: approveEdited }, "Approve edited");
+  const cancelButton = h("button", { class: "edit-cancel ghost", type: "button", onclick: openEditor(false) }, "Cancel");
+  const editor = h("div", { class: "editor", hidden: true },
+    h("div", { class: "muted small", text: "The input to run, as JSON. Approving it vets the call again with it (deny rules still apply), runs it, and tells the model." }),
+    editArea, editError,
+    h("div", { class: "actions" }, approveEditedButton, cancelButton),
   );
+  // Every button off while a decision is on its way; after a refusal, back as they were.
+  function setBusy(on) {
+    busy = on;
+    for (const b of [approveButton, denyButton, denyEndButton, approveEditedButton, cancelButton]) b.disabled = on;
+    editButton.disabled = on || review.in_doubt || !editor.hidden;
+  }
+  setBusy(false);
+
   return h("article", { class: "review card", dataset: { callId: review.call_id, sessionId: review.session_id } },
     h("div", { class: "review-head" },
       h("span", { class: "tool", text: review.tool }),
@@ -183,7 +246,8 @@ function reviewCard(review, onDone) {
     h("div", { class: "reason", text: review.reason }),
     h("pre", { class: "input", text: pretty(review.input) }),
     h("div", { class: "ids muted" }, "call ", h("code", { text: review.call_id }), " · hash ", h("code", { text: review.call_hash })),
-    h("div", { class: "actions" }, note, ...buttons),
+    h("div", { class: "actions" }, note, approveButton, editButton, denyButton, denyEndButton),
+    editor,
   );
 }
 
@@ -452,6 +516,9 @@ pages.sessions = {
   },
 };
 
+// The input a reviewer approved instead of the model's ("" for any other event).
+const editedInput = (e) => (e.type === "ReviewDecided" && e.data && e.data.edited_input ? String(e.data.edited_input) : "");
+
 pages.session = {
   title: "Session",
   build(main, id) {
@@ -499,12 +566,14 @@ pages.session = {
       }
     }
     for (const [key, card] of this.cards) if (!seen.has(key)) { card.remove(); this.cards.delete(key); }
+    // Calls a reviewer approved with an input of their own: the input shown is the one that ran.
+    const edited = new Set(d.events.filter(editedInput).map((e) => e.data.call_id));
     document.getElementById("session-calls").replaceChildren(d.tool_calls.length ? h("div", { class: "scroll" }, h("table", { class: "table" },
       h("thead", {}, h("tr", {}, ["step", "call", "tool", "verdict", "risk", "status", "decision", "input / reason"].map((c) => h("th", { text: c })))),
       h("tbody", {}, d.tool_calls.map((c) => h("tr", { dataset: { callId: c.call_id } },
         h("td", { class: "num", text: c.step }), h("td", {}, h("code", { text: c.call_id })), h("td", { text: c.tool }),
         h("td", {}, h("span", { class: "badge v-" + c.verdict, text: c.verdict || "–" })), h("td", { text: c.risk }),
-        h("td", { text: c.status }), h("td", { text: c.decision || "" }),
+        h("td", { text: c.status }), h("td", { text: (c.decision || "") + (edited.has(c.call_id) ? " (edited input)" : "") }),
         h("td", {}, h("code", { class: "clip", text: c.input }), c.reason ? h("div", { class: "muted small", text: c.reason }) : null,
           c.error ? h("div", { class: "error small", text: c.error }) : null)))))) : h("p", { class: "muted", text: "no tool calls" }));
     const signature = d.events.length + ":" + r.status;
@@ -515,6 +584,9 @@ pages.session = {
         h("span", { class: "seq", text: e.seq }), h("span", { class: "time", text: clock(e.ts), title: when(e.ts) }),
         h("span", { class: "kind k-" + e.kind, text: e.type }),
         h("div", { class: "body" }, h("div", { class: "summary", text: e.summary }), e.lines.map((l) => h("div", { class: "line", text: l })),
+          editedInput(e) ? h("div", { class: "edited" }, h("span", { class: "badge edited", text: "edited input" }),
+            h("span", { class: "line", text: " the call runs with the reviewer's input instead of the model's:" }),
+            h("pre", { class: "edited-input", text: pretty(editedInput(e)) })) : null,
           h("details", {}, h("summary", { text: "data" }), h("pre", { text: JSON.stringify(e.data, null, 2) }))))));
     }
   },

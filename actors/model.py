@@ -22,14 +22,20 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
-import anthropic
 import msgspec
-from anthropic.types import Message, MessageParam, ToolUnionParam
 
 from fleetlog.actors.context import SUMMARY_HEADER, SUMMARY_SYSTEM
 from fleetlog.events.errors import ModelError
+
+if TYPE_CHECKING:
+    import anthropic
+    from anthropic.types import Message, MessageParam, ToolUnionParam
+
+# The SDK is imported where a Claude model is first used: it costs ~2 s and
+# ~60 MB in every process that imports it, and most of a fleet's processes (projector,
+# dispatcher, ledger; hosts on the scripted model) never call Claude.
 
 __all__ = [
     "RETRYABLE_STATUS",
@@ -181,6 +187,8 @@ class AnthropicModel:
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        import anthropic
+
         try:
             self._client = anthropic.AsyncAnthropic(
                 api_key=api_key, base_url=base_url, max_retries=0
@@ -210,6 +218,8 @@ class AnthropicModel:
             raise ModelError(
                 "no Anthropic credentials: set ANTHROPIC_API_KEY or pass api_key", retryable=False
             )
+        import anthropic
+
         attempt = 0
         while True:
             attempt += 1
@@ -236,6 +246,8 @@ class AnthropicModel:
             await asyncio.sleep(delay)
 
     async def _create(self, request: ModelRequest, timeout_s: float) -> Message:
+        import anthropic
+
         return await self._client.messages.create(
             model=request.model,
             max_tokens=request.max_tokens,
@@ -265,6 +277,8 @@ class AnthropicModel:
 
 
 def _classify(exc: anthropic.AnthropicError, timeout_s: float) -> _Failure:
+    import anthropic
+
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code
         kind = exc.type or "error"

@@ -83,10 +83,18 @@ def _step_gaps(log_root: Path) -> tuple[list[float], int]:
     return gaps, steps
 
 
-def _tree_rss_mb(root: int) -> float:
-    """RSS of ``root`` and all its descendants (the local Ray cluster is the driver's)."""
+#: Ray's worker processes that are the fleet (actor classes in actors/fleet.py).
+_FLEET_ACTORS = (b"ray::_HostActor", b"ray::_ProjectorActor", b"ray::_Dispatcher", b"ray::_Ledger")
+#: Ray's daemons that may not descend from the driver.
+_RAY_DAEMONS = ("raylet", "gcs_server")
+
+
+def _tree_rss_mb(root: int) -> tuple[float, float]:
+    """RSS now of (the fleet: the driver ``root`` and the fleet's actor processes, Ray's
+    own processes: its daemons and idle workers), in MiB."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
+    daemons: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -100,6 +108,8 @@ def _tree_rss_mb(root: int) -> float:
                 parents[pid] = int(line.split()[1])
             elif line.startswith("VmRSS:"):
                 rss[pid] = int(line.split()[1])
+            elif line.startswith("Name:") and line.split()[1] in _RAY_DAEMONS:
+                daemons.add(pid)
     tree = {root}
     grew = True
     while grew:
@@ -108,7 +118,18 @@ def _tree_rss_mb(root: int) -> float:
             if parent in tree and pid not in tree:
                 tree.add(pid)
                 grew = True
-    return sum(rss.get(pid, 0) for pid in tree) / 1024
+    fleet = {root}
+    for pid in tree:
+        try:
+            if (Path(f"/proc/{pid}/cmdline").read_bytes()).startswith(_FLEET_ACTORS):
+                fleet.add(pid)
+        except OSError:
+            continue
+    ray_own = (tree | daemons) - fleet
+    return (
+        sum(rss.get(pid, 0) for pid in fleet) / 1024,
+        sum(rss.get(pid, 0) for pid in ray_own) / 1024,
+    )
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -161,14 +182,17 @@ class BenchModel:
         return None
 
 
-async def _engine(sessions: int, steps: int, home: Path) -> dict[str, float]:
+async def _engine(sessions: int, steps: int, home: Path, *, scripted: bool) -> dict[str, float]:
+    """One HostCore in this process: with BenchModel, or (``scripted``) with the offline
+    model the fleet's hosts run, so that the two compare the same work."""
     from fleetlog.actors.fleet import session_event
     from fleetlog.actors.host import HostCore
     from fleetlog.config import Config, parse_task, session_id_for
 
     config = Config()
     model = BenchModel(steps)
-    host = HostCore(0, 1, home, config, model_factory=lambda _name: model)
+    factory = None if scripted else (lambda _name: model)
+    host = HostCore(0, 1, home, config, model_factory=factory)
     await host.start()
     tasks = [parse_task(t) for t in _bench_tasks(sessions, steps)]
     started = time.perf_counter()
@@ -203,18 +227,21 @@ def _fleet(sessions: int, steps: int, home: Path, hosts: int) -> dict[str, float
 
     import ray
 
-    from fleetlog.actors.fleet import Fleet
+    from fleetlog.actors.fleet import Fleet, local_ray_options
     from fleetlog.config import Config, parse_task, session_id_for
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    # The Ray `fleetlog run` starts, as it starts it.
+    ray.init(**local_ray_options(), logging_level=logging.ERROR, log_to_driver=False)
     peak = 0.0
+    peak_ray = 0.0
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_ray
         while not stop.is_set():
-            peak = max(peak, _tree_rss_mb(os.getpid()))
+            fleet_mb, ray_mb = _tree_rss_mb(os.getpid())
+            peak, peak_ray = max(peak, fleet_mb), max(peak_ray, ray_mb)
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -241,13 +268,14 @@ def _fleet(sessions: int, steps: int, home: Path, hosts: int) -> dict[str, float
         "p95_step_ms": _pct(gaps, 0.95) * 1000,
         "wall_s": wall,
         "peak_rss_mb": peak,
+        "ray_rss_mb": peak_ray,
     }
 
 
 def _child(argv: list[str]) -> None:
     kind, sessions, steps, workdir = argv[0], int(argv[1]), int(argv[2]), Path(argv[3])
-    if kind == "engine":
-        result = asyncio.run(_engine(sessions, steps, workdir))
+    if kind in ("engine", "engine-scripted"):
+        result = asyncio.run(_engine(sessions, steps, workdir, scripted=kind != "engine"))
     else:
         result = _fleet(sessions, steps, workdir, hosts=int(kind.split(":")[1]))
     sys.stdout.write(json.dumps(result) + "\n")
@@ -311,21 +339,22 @@ def main(argv: list[str] | None = None) -> int:
         counts, repeats, peers = [1, 20], 1, []
     parent = Path(args.dir)
     parent.mkdir(parents=True, exist_ok=True)
-    kinds = ["engine", *peers]
-    results: dict[str, dict[int, list[dict[str, float] | str]]] = {k: {} for k in kinds}
+    # The Ray fleet runs the offline scripted model (what `fleetlog run` runs); so does
+    # "engine-scripted": the same work in one process, which the fleet is measured against.
     fleet_kind = f"fleet:{args.fleet_hosts}"
-    results[fleet_kind] = {}
+    kinds = ["engine", "engine-scripted", fleet_kind, *peers]
+    results: dict[str, dict[int, list[dict[str, float] | str]]] = {k: {} for k in kinds}
     with tempfile.TemporaryDirectory(dir=parent) as scratch:
+        # Interleaved (each repeat runs every cell once): the machine's drift hits all alike.
         for r in range(repeats):
             for n in counts:
                 for kind in kinds:
+                    if kind == fleet_kind and n < 100 and n != max(counts):
+                        continue  # a Ray fleet for one session measures Ray's latency only
                     print(f"repeat {r + 1}/{repeats}: {kind}, {n} sessions", file=sys.stderr)
                     results[kind].setdefault(n, []).append(
                         _run_cell(kind, n, args.steps, Path(scratch))
                     )
-        big = max(counts)
-        print(f"{fleet_kind}, {big} sessions (RSS of the whole Ray fleet)", file=sys.stderr)
-        results[fleet_kind][big] = [_run_cell(fleet_kind, big, args.steps, Path(scratch))]
     table = _summarise(results)
     if args.json:
         print(json.dumps(table))
@@ -346,8 +375,16 @@ def _summarise(
                 table[key] = {"error": runs[0]}
                 continue
             row: dict[str, Any] = {}
-            for metric in ("steps_per_s", "p50_step_ms", "p95_step_ms", "peak_rss_mb"):
-                values = [r[metric] for r in ok]
+            for metric in (
+                "steps_per_s",
+                "p50_step_ms",
+                "p95_step_ms",
+                "peak_rss_mb",
+                "ray_rss_mb",
+            ):
+                values = [r[metric] for r in ok if metric in r]
+                if not values:
+                    continue
                 row[metric] = statistics.median(values)
                 row[metric + "_range"] = (min(values), max(values))
             table[key] = row
@@ -367,9 +404,21 @@ def _print(table: dict[str, dict[str, Any]], steps: int, repeats: int) -> None:
             continue
         lo, hi = row["steps_per_s_range"]
         rate = f"{row['steps_per_s']:,.0f} [{lo:,.0f}..{hi:,.0f}]"
+        ray_mb = f"  (+ Ray's own {row['ray_rss_mb']:,.0f})" if "ray_rss_mb" in row else ""
         print(
             f"{key:<22} {rate:>22} {row['p50_step_ms']:>8.2f} {row['p95_step_ms']:>8.2f} "
-            f"{row['peak_rss_mb']:>12.0f}"
+            f"{row['peak_rss_mb']:>12.0f}{ray_mb}"
+        )
+    fleet = next((k for k in table if k.startswith("fleet:") and k.endswith("/100")), "")
+    engine = table.get("engine-scripted/100", {})
+    if fleet and "steps_per_s" in table[fleet] and engine.get("steps_per_s"):
+        row = table[fleet]
+        print()
+        print(
+            f"Ray fleet at 100 sessions: {row['steps_per_s']:,.0f} steps/s = "
+            f"{row['steps_per_s'] / engine['steps_per_s']:.2f}x the engine on the same model "
+            f"(goal >= 0.8x); fleet processes' peak RSS {row['peak_rss_mb']:,.0f} MB "
+            f"(goal <= 1,024), Ray's own {row.get('ray_rss_mb', 0):,.0f} MB"
         )
     fleet100 = table.get("engine/100", {})
     peer_rates = [

@@ -548,12 +548,14 @@ def _ray_init(address: str | None) -> bool:
                 f"at {address}: ray.shutdown() first, or use a fresh process"
             )
         return False
+    from fleetlog.actors.fleet import local_ray_options
+
     kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     if address:
         ray.init(address=address, **kwargs)
     else:
         # RAY_ADDRESS (a `ray job submit` job) is honoured by ray.init itself.
-        ray.init(include_dashboard=False, **kwargs)
+        ray.init(**local_ray_options(), **kwargs)
     return True
 
 

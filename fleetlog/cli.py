@@ -249,7 +249,9 @@ def _ray(address: str | None, namespace: str | None = None) -> Iterator[str]:
     if address:
         ctx = ray.init(address=address, **kwargs)
     else:
-        ctx = ray.init(include_dashboard=False, **kwargs)
+        from fleetlog.actors.fleet import local_ray_options
+
+        ctx = ray.init(**local_ray_options(), **kwargs)
     try:
         yield str(ctx.address_info.get("address") or ctx.address_info.get("gcs_address") or "")
     finally:
@@ -645,7 +647,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     hosts = args.hosts or config.fleet.hosts
     started_ray = False
     address = args.address
-    from fleetlog.actors.fleet import Fleet, namespace_for
+    from fleetlog.actors.fleet import LOCAL_RAY_SYSTEM_CONFIG, Fleet, namespace_for
 
     if not address:
         port = _free_port()
@@ -660,6 +662,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "--include-dashboard=false",
                 "--disable-usage-stats",
                 f"--temp-dir={_ray_temp_dir(home)}",
+                f"--system-config={json.dumps(LOCAL_RAY_SYSTEM_CONFIG)}",
             ],
             capture_output=True,
             text=True,

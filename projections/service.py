@@ -10,19 +10,24 @@ that the CLI can print DuckDB's one line instead of a remote traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from fleetlog.events.errors import FleetlogError
 from fleetlog.events.source import LogSource
 
-from .projector import Projector
+if TYPE_CHECKING:
+    # DuckDB and Arrow load only in the process that projects (the projector actor, the
+    # CLI): hosts, dispatcher and ledger use this module's SessionsView alone.
+    from .projector import Projector
 
 __all__ = ["ProjectionService", "SessionsView", "sessions_view", "answer"]
 
@@ -89,11 +94,17 @@ class ProjectionService:
     """Owns the projector; a daemon thread tails the log until ``close``."""
 
     def __init__(
-        self, home: Path, *, idle_s: float = 0.05, source: LogSource | None = None
+        self,
+        home: Path,
+        *,
+        idle_s: float = 0.05,
+        source: LogSource | None = None,
+        nice: int = 0,
     ) -> None:
         self.home = home
         self.source = source
         self.idle_s = idle_s
+        self.nice = nice
         self.projector: Projector | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,9 +117,18 @@ class ProjectionService:
             self._thread.start()
 
     def _run(self) -> None:
+        if self.nice:
+            # Tailing is background work: on a machine the sessions keep busy, their
+            # steps come first and the projections catch up when there is room (a
+            # query catches up before it answers). Linux's nice is per thread, and
+            # DuckDB's threads, started below by this one, inherit it.
+            with contextlib.suppress(OSError):
+                os.nice(self.nice)
         while not self._stop.is_set():
             try:
                 if self.projector is None:
+                    from .projector import Projector
+
                     self.projector = Projector.open(self.home, wait_s=60.0, source=self.source)
                     self._opened.set()
                 if not self.projector.step():
@@ -149,8 +169,13 @@ class ProjectionService:
     def project(self, rebuild: bool) -> dict[str, Any]:
         return self._call("project", rebuild)
 
-    def sessions(self) -> SessionsView | None:
-        """The snapshot restarting hosts and the ledger start from; None while not open."""
+    def sessions(self, wait_s: float = 4.0) -> SessionsView | None:
+        """The snapshot restarting hosts and the ledger start from; None while not open.
+
+        Waits up to ``wait_s`` for the file to open (a fleet's hosts ask as the projector
+        starts; they give up after 5 s and read the log alone, which costs far more).
+        """
+        self._opened.wait(wait_s)
         if self.projector is None:
             return None
         try:

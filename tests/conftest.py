@@ -32,6 +32,8 @@ def ray_session() -> Iterator[None]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
+    from fleetlog.actors.fleet import LOCAL_RAY_SYSTEM_CONFIG
+
     ray.init(
         # A new local Ray, never one a killed test left behind in ray_current_cluster.
         address="local",
@@ -40,6 +42,8 @@ def ray_session() -> Iterator[None]:
         logging_level=logging.ERROR,
         log_to_driver=False,
         namespace="fleetlog-tests",
+        # As fleetlog starts a local Ray (actors/fleet.py).
+        _system_config=dict(LOCAL_RAY_SYSTEM_CONFIG),
     )
     yield
     ray.shutdown()

@@ -50,7 +50,9 @@ def test_fleet_bench_runs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = json.loads(proc.stdout)
     assert table["engine/20"]["steps_per_s"] > 0
-    assert table["fleet:2/20"]["peak_rss_mb"] > 0
+    assert table["engine-scripted/20"]["steps_per_s"] > 0
+    assert table["fleet:2/20"]["peak_rss_mb"] > 0 and table["fleet:2/20"]["ray_rss_mb"] > 0
+    assert "fleet:2/1" not in table  # a one-session fleet would time Ray's latency only
 
 
 def test_projection_bench_runs(tmp_path: Path) -> None:

@@ -69,6 +69,10 @@ def local_ray_options() -> dict[str, Any]:
     return {"include_dashboard": False, "_system_config": dict(LOCAL_RAY_SYSTEM_CONFIG)}
 
 
+#: Sessions per ``submit_many`` call to the dispatcher (a bounded message each).
+_SUBMIT_CHUNK = 500
+
+
 class FleetNotRunning(FleetlogError):
     """Ray answers, but no fleet of this home (or database) runs in it."""
 
@@ -319,6 +323,18 @@ class _HostActor:
         await self.core.start()
         return await self.core.create(session_id, event)
 
+    async def has_many(self, session_ids: list[str]) -> list[bool]:
+        await self.core.start()
+        return [self.core.has(sid) for sid in session_ids]
+
+    async def create_many(self, items: list[tuple[str, SessionCreated]]) -> list[bool]:
+        """``create`` for many sessions at once: their appends are group-committed."""
+        await self.core.start()
+        created: list[bool] = await asyncio.gather(
+            *(self.core.create(sid, event) for sid, event in items)
+        )
+        return created
+
     async def command(self, session_id: str, command: Command) -> tuple[bool, str]:
         """(found, error): a refusal comes back as its one line, not as a remote traceback."""
         await self.core.start()
@@ -382,6 +398,39 @@ class _Dispatcher:
                 (await self._directory())[session_id] = index
                 return host
         return None
+
+    async def submit_many(self, items: list[tuple[str, SessionCreated]]) -> list[bool]:
+        """``submit`` for many sessions: one call per host to find who has them, one per
+        host to create or resume them (not three Ray calls per session)."""
+        directory = await self._directory()
+        hosts = len(self.hosts)
+        ids = [sid for sid, _ in items]
+        # Every host is asked which it holds (as `_owner` asks about one session): a
+        # session goes to the host that has it, whatever the directory says.
+        found: list[list[bool]] = await asyncio.gather(
+            *(h.has_many.remote(ids) for h in self.hosts)
+        )
+        for column, sid in enumerate(ids):
+            index = next((i for i, has in enumerate(found) if has[column]), None)
+            if index is not None:
+                directory[sid] = index
+            elif directory.get(sid, hosts) >= hosts:
+                # Held nowhere, known nowhere: its partition's host, or its hash's.
+                directory[sid] = host_for(sid, hosts)
+        by_host: dict[int, list[int]] = {}
+        for position, (sid, _event) in enumerate(items):
+            by_host.setdefault(directory[sid], []).append(position)
+        answers: list[list[bool]] = await asyncio.gather(
+            *(
+                self.hosts[index].create_many.remote([items[p] for p in positions])
+                for index, positions in by_host.items()
+            )
+        )
+        created = [False] * len(items)
+        for positions, answer in zip(by_host.values(), answers, strict=True):
+            for position, was_created in zip(positions, answer, strict=True):
+                created[position] = was_created
+        return created
 
     async def submit(self, session_id: str, event: SessionCreated) -> bool:
         """Create the session (True) or, if it exists, make sure it runs (False)."""
@@ -561,11 +610,14 @@ class Fleet:
         return self.submit_many([(task, session_id)]) == 1
 
     def submit_many(self, tasks: list[tuple[Task, str]]) -> int:
+        """Create (or resume) sessions; how many were new. A few Ray calls per chunk of
+        them, not a few per session."""
+        items = [(sid, session_event(self.config, task, sid)) for task, sid in tasks]
         refs = [
-            self.dispatcher.submit.remote(sid, session_event(self.config, task, sid))
-            for task, sid in tasks
+            self.dispatcher.submit_many.remote(items[i : i + _SUBMIT_CHUNK])
+            for i in range(0, len(items), _SUBMIT_CHUNK)
         ]
-        return sum(1 for created in ray.get(refs) if created)
+        return sum(1 for answer in ray.get(refs) for created in answer if created)
 
     def command(self, session_id: str, command: Command) -> bool:
         """Record a decision durably (False: no such session); FleetlogError if refused."""

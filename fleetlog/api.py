@@ -164,15 +164,13 @@ class Fleet:
     ) -> Fleet:
         """Start a fleet owned by this process; :meth:`close` stops it.
 
-        ``model`` puts every session it creates on one model, as ``fleetlog run
-        --model`` does (``"scripted"``: the free offline model, whatever
-        ``ANTHROPIC_API_KEY`` says).
-
         ``home`` defaults as the CLI's ``--home`` does (``$FLEETLOG_HOME``, else
         ``./.fleetlog``); ``config`` as ``--config``. Ray: the cluster at ``address``
         (or ``$RAY_ADDRESS``, as in a ``ray job submit`` job), else a local one; a Ray
         this process already initialized is used as it is. Sessions already in the
-        home's log that are unfinished resume.
+        home's log that are unfinished resume. ``model`` puts every session it creates
+        on one model, as ``fleetlog run --model`` does (``"scripted"``: the free offline
+        model, whatever ``ANTHROPIC_API_KEY`` says).
         """
         from fleetlog import cli
 
@@ -470,17 +468,14 @@ class Fleet:
     ) -> None:
         """Durable in the log before it returns, like the CLI's approve/deny/cancel."""
         from fleetlog import cli
-        from fleetlog.actors.runner import command_events
 
         if self._closed:
             raise FleetlogError(f"{kind}: this Fleet is closed")
         fields = {**vars(self._args), "session": session, "call_id": call_id}
         args = argparse.Namespace(**fields, note=note, end=end, hash=call_hash, input=edited)
         session_id, command = cli._command(args, kind, reviewer)
-        if kind != "cancel":
-            # Refused here, as the owner would refuse it (not awaiting review, hash).
-            stream = cli._find_stream(self._args, session_id)
-            command_events(fold(session_id, stream), command)
+        # A refusal (not awaiting review, another hash, a bad edit) is the owner's one line,
+        # raised by Fleet.command, or command_events' when appended offline.
         if self._handle is not None:
             if not self._handle.command(session_id, command):
                 raise SessionNotFound(session_id)

@@ -319,10 +319,6 @@ class _HostActor:
         await self.core.start()
         return self.core.has(session_id)
 
-    async def create(self, session_id: str, event: SessionCreated) -> bool:
-        await self.core.start()
-        return await self.core.create(session_id, event)
-
     async def has_many(self, session_ids: list[str]) -> list[bool]:
         await self.core.start()
         return [self.core.has(sid) for sid in session_ids]
@@ -400,8 +396,9 @@ class _Dispatcher:
         return None
 
     async def submit_many(self, items: list[tuple[str, SessionCreated]]) -> list[bool]:
-        """``submit`` for many sessions: one call per host to find who has them, one per
-        host to create or resume them (not three Ray calls per session)."""
+        """Create each session (True) or, if it exists, make sure it runs (False): one call
+        per host to find who has them, one per host to create or resume its share (not
+        three Ray calls per session)."""
         directory = await self._directory()
         hosts = len(self.hosts)
         ids = [sid for sid, _ in items]
@@ -430,16 +427,6 @@ class _Dispatcher:
         for positions, answer in zip(by_host.values(), answers, strict=True):
             for position, was_created in zip(positions, answer, strict=True):
                 created[position] = was_created
-        return created
-
-    async def submit(self, session_id: str, event: SessionCreated) -> bool:
-        """Create the session (True) or, if it exists, make sure it runs (False)."""
-        owner = await self._owner(session_id)
-        if owner is None:
-            index = host_for(session_id, len(self.hosts))  # its partition's host, or its hash's
-            owner = self.hosts[index]
-            (await self._directory())[session_id] = index
-        created: bool = await owner.create.remote(session_id, event)
         return created
 
     async def command(self, session_id: str, command: Command) -> tuple[bool, str]:

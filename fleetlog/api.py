@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
 import msgspec
 
@@ -38,7 +38,7 @@ from fleetlog.config import (
 )
 from fleetlog.events.errors import FleetlogError, SessionNotFound, TaskFileError
 from fleetlog.events.schema import BlobRef
-from fleetlog.events.state import SETTLED, SessionState, fold
+from fleetlog.events.state import SETTLED, SessionState, SessionStatus, fold
 
 if TYPE_CHECKING:
     import pyarrow
@@ -366,7 +366,7 @@ class Fleet:
         """Every session in the log, oldest first; ``status`` keeps one status."""
         from fleetlog import cli
 
-        statuses = ("pending", "running", "completed", "failed", "cancelled", "awaiting_review")
+        statuses = get_args(SessionStatus)
         if status is not None and status not in statuses:
             raise FleetlogError(f"unknown status {status!r} (one of {', '.join(statuses)})")
         found: list[tuple[SessionState, str]] = []

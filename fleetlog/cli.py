@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from fleetlog.config import (
     Config,
@@ -45,7 +45,7 @@ from fleetlog.events.schema import (
     ReviewRequested,
 )
 from fleetlog.events.source import source_for
-from fleetlog.events.state import SETTLED, SessionState, call_hash, fold
+from fleetlog.events.state import SETTLED, SessionState, SessionStatus, call_hash, fold
 from fleetlog.events.verify import VerifyReport, verify_events, verify_log
 
 __all__ = ["main"]
@@ -1355,7 +1355,7 @@ def _parser() -> argparse.ArgumentParser:
     sessions = add("sessions", cmd_sessions, "list sessions")
     sessions.add_argument(
         "--status",
-        choices=["pending", "running", "completed", "failed", "cancelled", "awaiting_review"],
+        choices=get_args(SessionStatus),
     )
     sessions.add_argument("--json", action="store_true")
 

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fleetlog.events.errors import FleetlogError, QueryError
-from fleetlog.events.state import fold
+from fleetlog.events.state import SessionStatus, fold
 
 from . import timeline as tl
 from .data import Backend, Conflict, NotFound, Unavailable, today_start_utc
@@ -40,7 +40,7 @@ __all__ = ["create_app", "STATIC"]
 
 STATIC = Path(__file__).parent / "static"
 STATUSES = ("pending", "running", "awaiting_review", "completed", "failed", "cancelled")
-Status = Literal["pending", "running", "completed", "failed", "cancelled", "awaiting_review"]
+Status = SessionStatus
 #: Points in an overview chart.
 BUCKETS = 40
 

@@ -394,8 +394,8 @@ class Fleet:
     def _resolve(self, session: str) -> str:
         from fleetlog import cli
 
-        session_id: str = cli._find_stream(self._args, session)[0].session_id
-        return session_id
+        # By the log's session ids alone: the stream itself is read once, by ``_read``.
+        return cli._resolve_session(self._args, session)
 
     def _read(self, session_ids: list[str]) -> list[Session]:
         """These sessions as the log has them now, in this order."""

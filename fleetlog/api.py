@@ -339,7 +339,7 @@ class Fleet:
         if session_ids is None:
             ids = [s.id for s in self.sessions()]
         else:
-            ids = [self._resolve(s) for s in session_ids]
+            ids = self._resolve_all(session_ids)
         wanted = set(ids)
         while True:
             if fleet is not None:
@@ -396,6 +396,13 @@ class Fleet:
 
         # By the log's session ids alone: the stream itself is read once, by ``_read``.
         return cli._resolve_session(self._args, session)
+
+    def _resolve_all(self, names: Sequence[str]) -> list[str]:
+        """``_resolve`` for many: the log's ids listed once; names that are ids as they are."""
+        from fleetlog import cli
+
+        known = set(cli._session_ids(self._args))
+        return [name if name in known else self._resolve(name) for name in names]
 
     def _read(self, session_ids: list[str]) -> list[Session]:
         """These sessions as the log has them now, in this order."""

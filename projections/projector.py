@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import fcntl
 import gc
@@ -38,10 +39,12 @@ import itertools
 import json
 import multiprocessing
 import os
+import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -81,9 +84,9 @@ APPLY_SQL: Final = (_SQL / "apply.sql").read_text()
 #: Parsed once: parsing apply.sql costs ~11 ms, ~10% of a small round.
 _APPLY: Final = duckdb.extract_statements(APPLY_SQL)
 
-#: Every event field ``apply.sql`` reads, by name across all event types: each
-#: event's JSON is parsed once, into this struct (absent fields are NULL).
-#: Costs are read as text so that they become exact DECIMALs.
+#: Every event field ``apply.sql`` reads, by name across all event types: the
+#: ``_fields`` macro parses an event's JSON into this struct (absent fields are
+#: NULL). Costs are read as text so that they become exact DECIMALs.
 _FIELDS: Final = {
     "type": "VARCHAR",
     **dict.fromkeys(
@@ -107,12 +110,18 @@ _FIELDS: Final = {
     **dict.fromkeys(["is_error", "approved", "in_doubt"], "BOOLEAN"),
     **dict.fromkeys(["limits", "tools"], "JSON"),
 }
+#: ``_fields(data)``: an event's fields as a struct, for ``apply.sql``. Each of
+#: its statements parses the events it reads fields of, where they are read:
+#: parsing every event once into a ``_new`` column cost twice as much (most of
+#: it copying a 35-field struct into the table).
+_FIELDS_MACRO: Final = (
+    f"CREATE OR REPLACE TEMP MACRO _fields(d) AS json_transform(d, '{json.dumps(_FIELDS)}')"
+)
 #: An Arrow batch as rows of ``_new`` (what ``apply.sql`` folds): times to
-#: TIMESTAMP (µs, UTC), each event's fields parsed once into ``f``.
-_NEW_ROWS: Final = f"""
+#: TIMESTAMP (µs, UTC), the data as JSON text.
+_NEW_ROWS: Final = """
 SELECT "partition", position, session_id, seq, epoch, type,
-       make_timestamp(round(ts * 1e6)::BIGINT) AS ts,
-       json_transform(data, '{json.dumps(_FIELDS)}') AS f
+       make_timestamp(round(ts * 1e6)::BIGINT) AS ts, data
 FROM _batch
 """
 #: The same batch into ``events``, the data checked as JSON on the way in.
@@ -222,17 +231,36 @@ def _segment_table(log_path: str, partition: int, segment: str, upto: int) -> pa
 _Job = tuple[str, int, str, int]
 
 
-def _segment_file(spool: str, job: _Job) -> str:
-    """Pool worker: one segment as an Arrow IPC file in ``spool``; its path.
+def _segment_files(spool: str, job: _Job, buckets: int) -> list[str]:
+    """Pool worker: one segment as ``buckets`` Arrow IPC files in ``spool``; their paths.
 
-    A file, not a pickled table: the parent maps it without copying it (pickling
-    through a pipe copies every byte three times).
+    Bucket ``k`` holds the events of the sessions ``_bucket`` puts there, in log
+    order. Files, not pickled tables: the parent maps them without copying
+    them (pickling through a pipe copies every byte three times).
     """
     table = _segment_table(*job)
-    path = os.path.join(spool, f"{job[1]}-{Path(job[2]).stem}.arrow")
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    return path
+    pieces = [table] if buckets == 1 else _split_by_session(table, buckets)
+    paths = []
+    for k, piece in enumerate(pieces):
+        path = os.path.join(spool, f"{job[1]}-{Path(job[2]).stem}-{k}.arrow")
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, piece.schema) as writer:
+            writer.write_table(piece)
+        paths.append(path)
+    return paths
+
+
+def _bucket(session_id: str, buckets: int) -> int:
+    """Which of a rebuild's fold workers folds this session (the same in every process)."""
+    return zlib.crc32(session_id.encode()) % buckets
+
+
+def _split_by_session(table: pa.Table, buckets: int) -> list[pa.Table]:
+    """``table`` as ``buckets`` tables by ``_bucket`` of each event's session, each in log order."""
+    sids = table.column("session_id")
+    distinct = pc.unique(sids)
+    of_distinct = pa.array([_bucket(s, buckets) for s in distinct.to_pylist()], pa.int32())
+    of_rows = pc.take(of_distinct, pc.index_in(sids, value_set=distinct))
+    return [table.filter(pc.equal(of_rows, k)) for k in range(buckets)]
 
 
 def check_read_only(sql: str) -> None:
@@ -414,7 +442,6 @@ class Projector:
         try:
             con.register("_batch", batch)
             con.execute(_EVENTS_FROM_BATCH)
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _new AS {_NEW_ROWS}")
             _fold_new(con, self.push_at, self.quiet_after_s)
             _move_checkpoints(con, moved)
             if not commit:  # tests: a crash between the rows and the commit
@@ -488,48 +515,22 @@ class Projector:
             self._create_schema(con)
             heads = _heads(self.source)
             total_events = sum(heads.values())
-            # One partition at a time: a session's stream never leaves its
-            # partition, so a partition's rows are folded into empty stand-ins
-            # (temp tables of the same names, which DuckDB resolves first) and
-            # appended to the file when it is done: no merge with other partitions'
-            # rows. Within a partition, events are folded every ``fold_every`` (the
-            # merges are associative), which bounds the memory the aggregates need.
-            # Sessions are not moved to the ``_ended`` stand-ins while folding (the
-            # moves cost ~40% of a fold's CPU here): the flush places each
-            # session's rows in the file's ``_open`` or ``_ended`` tables once.
+            workers = workers if workers is not None else _cores()
             # No enclosing transaction: the file is not live until it is renamed
             # (a crash leaves a .rebuild file that the next rebuild removes), and
             # a transaction would hold every appended row in memory until the end.
-            current: int | None = None
-            pending = 0
-            batches: Iterator[tuple[int, pa.Table]]
-            if isinstance(self.source, FileSource):
+            if isinstance(self.source, FileSource) and workers > 1 and total_events >= pool_from:
                 jobs = _segment_jobs(self.source.paths(), heads)
-                tables = _segment_tables(jobs, workers if total_events >= pool_from else 1)
-                batches = ((job[1], table) for job, table in zip(jobs, tables, strict=True))
+                _rebuild_in_parallel(con, jobs, workers, fold_every, self.quiet_after_s)
             else:
-                batches = _read_tables(self.source, heads)
-            for partition, table in batches:
-                if partition != current:
-                    if current is not None:
-                        if pending:
-                            _fold_new(con, _NEVER, self.quiet_after_s)
-                        _flush_stand_ins(con, self.quiet_after_s)
-                    current, pending = partition, 0
-                    _create_stand_ins(con)
-                con.register("_batch", table)
-                con.execute(_EVENTS_FROM_BATCH)
-                into = "INSERT INTO _new" if pending else "CREATE TEMP TABLE _new AS"
-                con.execute(f"{into} {_NEW_ROWS}")
-                con.unregister("_batch")
-                pending += table.num_rows
-                if pending >= fold_every:
-                    _fold_new(con, _NEVER, self.quiet_after_s)
-                    pending = 0
-            if current is not None:
-                if pending:
-                    _fold_new(con, _NEVER, self.quiet_after_s)
-                _flush_stand_ins(con, self.quiet_after_s)
+                batches: Iterator[tuple[int, pa.Table]]
+                if isinstance(self.source, FileSource):
+                    jobs = _segment_jobs(self.source.paths(), heads)
+                    tables = _segment_tables(jobs, 1)
+                    batches = ((job[1], table) for job, table in zip(jobs, tables, strict=True))
+                else:
+                    batches = _read_tables(self.source, heads)
+                _rebuild_here(con, batches, fold_every, self.quiet_after_s)
             if moved := {index: head for index, head in heads.items() if head}:
                 _move_checkpoints(con, moved)
             con.execute("CHECKPOINT")
@@ -571,6 +572,320 @@ class Projector:
             args.append("agent := ?::VARCHAR")
             params.append(agent_type)
         return self.query(f"SELECT * FROM agent_health({', '.join(args)})", params)
+
+
+def _rebuild_here(
+    con: duckdb.DuckDBPyConnection,
+    batches: Iterator[tuple[int, pa.Table]],
+    fold_every: int,
+    quiet_after_s: float,
+) -> None:
+    """A rebuild in this process: ``batches`` (partition, events in log order) into ``con``.
+
+    One partition at a time: a session's stream never leaves its partition, so
+    a partition's rows are folded into empty stand-ins (temp tables of the same
+    names, which DuckDB resolves first) and placed in the file's tables when it
+    is done (``_place``): no merge with other partitions' rows. Within a
+    partition, events are folded every ``fold_every`` (the merges are
+    associative), which bounds the memory the aggregates need.
+    """
+    current: int | None = None
+    pending: list[pa.Table] = []
+    for partition, table in batches:
+        if partition != current:
+            if current is not None:
+                _fold_tables(con, pending, quiet_after_s)
+                _place(
+                    con, {name: [rows] for name, rows in _rows_to_place(con).items()}, quiet_after_s
+                )
+                _drop_stand_ins(con)
+            current = partition
+            _create_stand_ins(con)
+        con.register("_batch", table)
+        con.execute(_EVENTS_FROM_BATCH)
+        con.unregister("_batch")
+        pending.append(table)
+        if sum(t.num_rows for t in pending) >= fold_every:
+            _fold_tables(con, pending, quiet_after_s)
+    if current is not None:
+        _fold_tables(con, pending, quiet_after_s)
+        _place(con, {name: [rows] for name, rows in _rows_to_place(con).items()}, quiet_after_s)
+        _drop_stand_ins(con)
+
+
+def _rebuild_in_parallel(
+    con: duckdb.DuckDBPyConnection,
+    jobs: list[_Job],
+    workers: int,
+    fold_every: int,
+    quiet_after_s: float,
+) -> None:
+    """A rebuild that uses every core: the folds split by session across processes.
+
+    A pool of ``workers`` processes decodes the segments, each into ``workers``
+    buckets of sessions (``_bucket``); this process inserts every event into
+    ``events`` (the part no split can share: one process writes a DuckDB file),
+    and fold worker ``k`` (a process with an in-memory DuckDB) folds bucket
+    ``k`` with the same ``apply.sql``. A session's events all reach one fold
+    worker, in log order, so each folds its sessions as a rebuild here would:
+    the folds of different sessions never meet. When the log is read, each
+    worker hands back its folded rows per partition, sorted and marked for
+    placing (``_rows_to_place``), and they are appended as ``_rebuild_here``
+    appends its own (``_place``).
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix="fleetlog-rebuild-", dir=_spool_dir(workers)) as spool,
+        _Folders(workers, spool, max(fold_every // workers, 1)) as folders,
+    ):
+        for job, paths in zip(jobs, _decoded(jobs, workers, workers, spool), strict=True):
+            sources = [pa.memory_map(path) for path in paths]
+            try:
+                tables = [pa.ipc.open_file(source).read_all() for source in sources]
+                con.register("_batch", pa.concat_tables(tables))
+                con.execute(_EVENTS_FROM_BATCH)
+                con.unregister("_batch")
+            finally:
+                for source in sources:
+                    source.close()
+            folders.fold(job[1], paths)  # each worker unlinks its file once it has read it
+            # A partition every worker has finished is placed while they fold the next.
+            for files in folders.folded():
+                _place_files(con, files, quiet_after_s)
+        for files in folders.finish():
+            _place_files(con, files, quiet_after_s)
+
+
+def _place_files(
+    con: duckdb.DuckDBPyConnection, files: dict[str, list[str]], quiet_after_s: float
+) -> None:
+    """``_place`` a partition's rows handed back by the fold workers; the files are removed."""
+    maps = {name: [pa.memory_map(path) for path in paths] for name, paths in files.items()}
+    try:
+        rows = {
+            name: [pa.ipc.open_file(mapped).read_all() for mapped in pieces]
+            for name, pieces in maps.items()
+        }
+        _place(con, rows, quiet_after_s)
+    finally:
+        for name, pieces in maps.items():
+            for mapped, path in zip(pieces, files[name], strict=True):
+                mapped.close()
+                os.unlink(path)
+
+
+#: Segments a fold worker may have waiting for it (each a file in the spool).
+_FOLD_QUEUE: Final = 2
+
+
+class _Folders:
+    """A parallel rebuild's fold workers: processes running ``_fold_worker``, one per bucket."""
+
+    def __init__(self, workers: int, spool: str, fold_every: int) -> None:
+        ctx = multiprocessing.get_context("spawn")  # not fork: DuckDB and Ray threads here
+        self._outbox: Any = ctx.Queue()
+        self._inboxes: list[Any] = []
+        self._procs: list[Any] = []
+        #: Partition -> table name -> the workers' files, until every worker's are in.
+        self._rows: dict[int, dict[str, list[str]]] = {}
+        self._reports: collections.Counter[int] = collections.Counter()
+        self._done = 0
+        try:
+            for k in range(workers):
+                inbox = ctx.Queue(maxsize=_FOLD_QUEUE)
+                args = (inbox, self._outbox, spool, k, fold_every)
+                proc = ctx.Process(target=_fold_worker, args=args, daemon=True)
+                proc.start()
+                self._inboxes.append(inbox)
+                self._procs.append(proc)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __enter__(self) -> _Folders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+
+    def fold(self, partition: int, paths: list[str]) -> None:
+        """Hand bucket ``k`` of a segment of ``partition`` (``paths[k]``) to worker ``k``."""
+        for inbox, path in zip(self._inboxes, paths, strict=True):
+            self._put(inbox, (partition, path))
+
+    def folded(self) -> list[dict[str, list[str]]]:
+        """The rows of the partitions every worker has finished since the last call."""
+        while self._poll(0):
+            pass
+        return self._take(lambda partition: self._reports[partition] == len(self._procs))
+
+    def finish(self) -> list[dict[str, list[str]]]:
+        """Wait for the workers to finish; the rows of every partition not yet taken."""
+        for inbox in self._inboxes:
+            self._put(inbox, None)
+        while self._done < len(self._procs):
+            self._poll(0.5)
+        return self._take(lambda partition: True)
+
+    def _take(self, ready: Callable[[int], bool]) -> list[dict[str, list[str]]]:
+        return [self._rows.pop(p) for p in sorted(self._rows) if ready(p)]
+
+    def _put(self, inbox: Any, item: object) -> None:
+        while True:
+            try:
+                inbox.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                self._poll(0)
+
+    def _poll(self, wait_s: float) -> bool:
+        """Take a worker's message if one came within ``wait_s``; fail if a worker did."""
+        try:
+            kind, value = self._outbox.get(timeout=wait_s) if wait_s else self._outbox.get_nowait()
+        except queue.Empty:
+            for proc in self._procs:
+                if proc.exitcode not in (None, 0):
+                    raise ProjectionError(
+                        f"rebuild: a fold worker died (exit code {proc.exitcode})"
+                    ) from None
+            return False
+        if kind == "error":
+            raise ProjectionError(f"rebuild: a fold worker failed: {value}")
+        if kind == "done":
+            self._done += 1
+            return True
+        partition, files = value
+        for name, path in files.items():
+            self._rows.setdefault(partition, {}).setdefault(name, []).append(path)
+        self._reports[partition] += 1
+        return True
+
+
+def _fold_worker(inbox: Any, outbox: Any, spool: str, k: int, fold_every: int) -> None:
+    """Fold worker ``k`` of a parallel rebuild: folds the events of its bucket of sessions.
+
+    Takes ``(partition, Arrow IPC file)`` in log order until ``None``; folds
+    ``fold_every`` events at a time into its own in-memory tables, as
+    ``_rebuild_here`` does. Puts ``("rows", (partition, {table: file}))`` in
+    ``outbox`` when it is done with a partition, ``("done", None)`` at the end
+    (``("error", text)`` if it fails).
+    """
+    try:
+        # One thread: the parallelism is the workers'.
+        con = duckdb.connect(config={"preserve_insertion_order": False, "threads": 1})
+        con.execute(_FIELDS_MACRO)
+        con.execute(TABLES_SQL)
+        current: int | None = None
+        pending: list[pa.Table] = []
+        while (item := inbox.get()) is not None:
+            partition, path = item
+            if partition != current:
+                if current is not None:
+                    _fold_tables(con, pending, _QUIET_AFTER_S)
+                    outbox.put(("rows", (current, _hand_back(con, spool, k, current))))
+                current = partition
+            # Mapped, not copied: the pages stay until the table is folded and freed.
+            source = pa.memory_map(path)
+            pending.append(pa.ipc.open_file(source).read_all())
+            source.close()
+            os.unlink(path)
+            if sum(t.num_rows for t in pending) >= fold_every:
+                _fold_tables(con, pending, _QUIET_AFTER_S)
+        if current is not None:
+            _fold_tables(con, pending, _QUIET_AFTER_S)
+            outbox.put(("rows", (current, _hand_back(con, spool, k, current))))
+        outbox.put(("done", None))
+    except BaseException as e:
+        outbox.put(("error", f"{type(e).__name__}: {_first_line(e)}"))
+
+
+def _hand_back(
+    con: duckdb.DuckDBPyConnection, spool: str, k: int, partition: int
+) -> dict[str, str]:
+    """A fold worker's rows of one partition as Arrow IPC files; its tables are emptied."""
+    files = {}
+    for name, table in _rows_to_place(con).items():
+        path = os.path.join(spool, f"rows-{partition}-{k}-{name}.arrow")
+        with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        con.execute(f"DELETE FROM _{name}_open")
+        files[name] = path
+    return files
+
+
+def _fold_tables(
+    con: duckdb.DuckDBPyConnection, tables: list[pa.Table], quiet_after_s: float
+) -> None:
+    """A rebuild's fold of these batches (events in log order) into the ``_open`` tables.
+
+    No session is moved out meanwhile: ``_place`` places each one once. ``tables`` is emptied.
+    """
+    if tables:
+        con.register("_batch", pa.concat_tables(tables) if len(tables) > 1 else tables[0])
+        _fold_new(con, _NEVER, quiet_after_s)
+        con.unregister("_batch")
+        tables.clear()
+
+
+def _rows_to_place(con: duckdb.DuckDBPyConnection) -> dict[str, pa.Table]:
+    """A rebuild's folded rows of one partition, from the ``_open`` tables, for ``_place``.
+
+    Each row carries where its session stands: ``_moved`` (``_MOVED``),
+    ``_ended`` and ``_updated`` (its latest event's time); rows are in
+    ``_moved`` order, which is what lets ``_move_back`` skip most row groups of
+    the ``_ended`` tables.
+    """
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE _placing AS
+        SELECT id, {_MOVED} AS _moved, ended_status IS NOT NULL AS _ended, updated_at AS _updated
+        FROM _agent_executions_open
+        """
+    )
+    rows = {
+        name: con.sql(
+            f"SELECT r.*, p._moved, p._ended, p._updated FROM _{name}_open r "
+            f"JOIN _placing p ON r.{column} = p.id ORDER BY p._moved"
+        ).to_arrow_table()
+        for name, column in _FOLDED.items()
+    }
+    con.execute("DROP TABLE _placing")
+    return rows
+
+
+def _place(
+    con: duckdb.DuckDBPyConnection, rows: dict[str, list[pa.Table]], quiet_after_s: float
+) -> None:
+    """Append a partition's folded rows (from ``_rows_to_place``) to the file's tables.
+
+    Sessions that ended, or had no event in the partition's last
+    ``quiet_after_s`` seconds, go to the ``_ended`` tables, as rounds would
+    have moved them; the others to ``_open``. ``rows`` may come in pieces
+    (one per fold worker, each in ``_moved`` order).
+    """
+    db = _file_catalog(con)
+    quiet = int(quiet_after_s * 1_000_000)
+    con.register("_rows", pa.concat_tables(rows["agent_executions"]))
+    [(newest,)] = con.execute("SELECT max(_updated) FROM _rows").fetchall()
+    con.unregister("_rows")
+    moving = f"_ended OR coalesce(_updated <= ?::TIMESTAMP - to_microseconds({quiet}), false)"
+    params = [newest]
+    for name in _FOLDED:
+        con.register("_rows", pa.concat_tables(rows[name]))
+        con.execute(
+            f"INSERT INTO {db}.main._{name}_ended BY NAME "
+            f"SELECT * EXCLUDE (_moved, _ended, _updated), _moved AS moved FROM _rows "
+            f"WHERE {moving}",
+            params,
+        )
+        con.execute(
+            f"INSERT INTO {db}.main._{name}_open BY NAME "
+            f"SELECT * EXCLUDE (_moved, _ended, _updated) FROM _rows WHERE NOT ({moving})",
+            params,
+        )
+        con.unregister("_rows")
 
 
 def _heads(source: LogSource) -> dict[int, int]:
@@ -616,9 +931,8 @@ _TWINS: Final = tuple(f"_{name}_{kind}" for name in _FOLDED for kind in ("open",
 
 def _file_catalog(con: duckdb.DuckDBPyConnection) -> str:
     """The quoted name of the file's catalog (temp tables live in ``temp``)."""
-    row = con.execute("SELECT current_database()").fetchone()
-    assert row is not None
-    return '"' + str(row[0]).replace('"', '""') + '"'
+    [(name,)] = con.execute("SELECT current_database()").fetchall()
+    return '"' + str(name).replace('"', '""') + '"'
 
 
 def _create_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
@@ -628,32 +942,16 @@ def _create_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {db}.main.{name} LIMIT 0")
 
 
-def _flush_stand_ins(con: duckdb.DuckDBPyConnection, quiet_after_s: float) -> None:
-    """Append the stand-ins' rows to the file's tables and drop them.
-
-    Sessions that ended, or had no event in the partition's last
-    ``quiet_after_s`` seconds, go to the ``_ended`` tables, as rounds would
-    have moved them; the others to ``_open``. (The ``_ended`` stand-ins stay
-    empty: a rebuild folds with no moves. They are there so that a fold's check
-    for sessions to move back looks at them, not at the file's tables.)
-    """
-    db = _file_catalog(con)
-    newest = "SELECT max(updated_at) FROM temp.main._agent_executions_open"
-    _done_sessions(con, "temp.main._agent_executions_open", newest, quiet_after_s)
-    for name, column in _FOLDED.items():
-        stand_in = f"temp.main._{name}_open"
-        _append_ended(con, f"{db}.main._{name}_ended", stand_in, column)
-        con.execute(
-            f"INSERT INTO {db}.main._{name}_open SELECT * FROM {stand_in} r "
-            f"ANTI JOIN _moving m ON r.{column} = m.id"
-        )
+def _drop_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
     for name in _TWINS:
         con.execute(f"DROP TABLE temp.main.{name}")
-    con.execute("DROP TABLE _moving")
 
 
 def _fold_new(con: duckdb.DuckDBPyConnection, push_at: int, quiet_after_s: float) -> None:
-    """Fold ``_new`` into the tables other than ``events``; ``_new`` is dropped.
+    """Fold the events of ``_batch`` (registered Arrow) into the tables other than ``events``.
+
+    ``apply.sql`` reads them as ``_new``, a view: each of its statements scans
+    the batch for the events it needs (materializing it cost more).
 
     The fold reads and writes the ``_open`` tables only (apply.sql). A session
     of the batch whose rows are in the ``_ended`` tables (an event after its
@@ -663,6 +961,7 @@ def _fold_new(con: duckdb.DuckDBPyConnection, push_at: int, quiet_after_s: float
     Where a session's rows are is not part of what they say: the views show
     both twins.
     """
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _new AS {_NEW_ROWS}")
     late = "SELECT id, moved FROM _agent_executions_ended WHERE id IN (SELECT session_id FROM _new)"
     if _sessions(con, late):
         _move_back(con)
@@ -671,7 +970,7 @@ def _fold_new(con: duckdb.DuckDBPyConnection, push_at: int, quiet_after_s: float
     newest = "SELECT max(ts) FROM _new"
     if _done_sessions(con, "_agent_executions_open", newest, quiet_after_s) >= push_at:
         _move_out(con)
-    con.execute("DROP TABLE _new")
+    con.execute("DROP VIEW _new")
     con.execute("DROP TABLE _moving")
 
 
@@ -759,27 +1058,14 @@ def _segment_jobs(parts: list[tuple[int, Path]], heads: dict[int, int]) -> list[
 
 
 def _segment_tables(jobs: list[_Job], workers: int | None) -> Iterator[pa.Table]:
-    workers = workers if workers is not None else (os.cpu_count() or 1)
+    """Each segment as an Arrow table, in job order, decoded by ``workers`` processes."""
+    workers = workers if workers is not None else _cores()
     if workers <= 1 or len(jobs) < 2:
         for job in jobs:
             yield _segment_table(*job)
         return
-    # spawn, not fork: this process may hold DuckDB and Ray threads. Results are
-    # taken in job order (a fold must see a partition's segments together), with a
-    # bounded window so that decoded segments do not pile up.
-    ctx = multiprocessing.get_context("spawn")
-    with (
-        tempfile.TemporaryDirectory(prefix="fleetlog-rebuild-", dir=_spool_dir(workers)) as spool,
-        concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool,
-    ):
-        window: collections.deque[concurrent.futures.Future[str]] = collections.deque()
-        queued = iter(jobs)
-        for job in itertools.islice(queued, workers * 2):
-            window.append(pool.submit(_segment_file, spool, job))
-        while window:
-            path = window.popleft().result()
-            for job in itertools.islice(queued, 1):
-                window.append(pool.submit(_segment_file, spool, job))
+    with tempfile.TemporaryDirectory(prefix="fleetlog-rebuild-", dir=_spool_dir(workers)) as spool:
+        for (path,) in _decoded(jobs, workers, 1, spool):
             source = pa.memory_map(path)
             try:
                 # Zero-copy: the table's buffers are the mapped file. The caller is
@@ -788,6 +1074,34 @@ def _segment_tables(jobs: list[_Job], workers: int | None) -> Iterator[pa.Table]
             finally:
                 source.close()
                 os.unlink(path)
+
+
+def _decoded(jobs: list[_Job], workers: int, buckets: int, spool: str) -> Iterator[list[str]]:
+    """Decode the segments in a process pool: each as ``_segment_files``, in job order.
+
+    The caller unlinks the files. Segments are decoded ``workers * 2`` ahead, not
+    more, so that decoded segments do not pile up.
+    """
+    # spawn, not fork: this process may hold DuckDB and Ray threads.
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        window: collections.deque[concurrent.futures.Future[list[str]]] = collections.deque()
+        queued = iter(jobs)
+        for job in itertools.islice(queued, workers * 2):
+            window.append(pool.submit(_segment_files, spool, job, buckets))
+        while window:
+            try:
+                paths = window.popleft().result()
+            except concurrent.futures.process.BrokenProcessPool:
+                raise ProjectionError("rebuild: a decoding worker died") from None
+            for job in itertools.islice(queued, 1):
+                window.append(pool.submit(_segment_files, spool, job, buckets))
+            yield paths
+
+
+def _cores() -> int:
+    """The cores this process may run on (fewer than the machine's under ``taskset``)."""
+    return len(os.sched_getaffinity(0)) or 1
 
 
 def _spool_dir(workers: int) -> str | None:
@@ -808,7 +1122,9 @@ def _spool_dir(workers: int) -> str | None:
 def _connect(path: Path) -> duckdb.DuckDBPyConnection:
     # Insertion order is meaningless here (every table has its keys), and
     # keeping it costs memory and time on big inserts.
-    return duckdb.connect(str(path), config={"preserve_insertion_order": False})
+    con = duckdb.connect(str(path), config={"preserve_insertion_order": False})
+    con.execute(_FIELDS_MACRO)
+    return con
 
 
 def _schema_version(con: duckdb.DuckDBPyConnection) -> str | None:

@@ -7,8 +7,13 @@ import contextlib
 import datetime as dt
 import json
 import math
+import os
 import random
 import re
+import signal
+import subprocess
+import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -547,13 +552,109 @@ def test_incremental_with_crashes_equals_rebuild(
                     assert (got["idempotency_key"] or "") == call.idempotency_key
 
 
-def test_a_rebuild_decoded_by_a_process_pool_gives_the_same_rows(tmp_path: Path) -> None:
-    total = _write_random_fleet(tmp_path, random.Random(3), 60, 2)
+@pytest.mark.parametrize(
+    ("seed", "workers", "fold_every", "quiet_after_s", "late"),
+    [
+        (3, 2, 1_000_000, 60.0, False),  # one fold per worker and partition
+        (11, 2, 37, 0.0, True),  # every session quiet: all placed in _ended
+        (12, 3, 5, 3600.0, True),  # a fold per segment, nothing quiet
+        (13, 4, 200, 0.001, False),
+    ],
+)
+def test_a_parallel_rebuild_gives_the_rows_of_incremental_rounds(
+    tmp_path: Path, seed: int, workers: int, fold_every: int, quiet_after_s: float, late: bool
+) -> None:
+    # Decoded by a process pool, folded by session across `workers` fold workers,
+    # placed per partition: the same rows as rounds that moved sessions between
+    # the twins as they went (the rebuild itself moves none).
+    rng = random.Random(seed)
+    total = _write_random_fleet(tmp_path, rng, 60, rng.randint(1, 3))
+    with Projector.open(tmp_path) as projector:
+        projector.push_at, projector.quiet_after_s = 2, quiet_after_s
+        for _ in range(6):
+            projector.step(rng.randint(1, 300))
+        projector.catch_up()
+        if late:
+            total += _append_late_events(tmp_path, rng)
+            projector.catch_up()
+        incremental = snapshot(projector)
+        assert projector.rebuild(workers=workers, pool_from=0, fold_every=fold_every) == total
+        assert snapshot(projector) == incremental
+        _assert_sessions_placed(projector)
+        _assert_ended_placed(projector)
+        if late:  # late events for sessions the rebuild placed in _ended
+            _append_late_events(tmp_path, rng)
+            projector.catch_up()
+            after = snapshot(projector)
+            projector.rebuild(workers=workers, pool_from=0, fold_every=fold_every)
+            assert snapshot(projector) == after
+
+
+def _spawned_children(parent: int) -> list[int]:
+    """The processes ``parent`` started by multiprocessing's spawn, oldest first."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == parent and b"spawn_main" in (entry / "cmdline").read_bytes():
+                found.append((int(fields[19]), int(entry.name)))  # (start time, pid)
+    return [pid for _start, pid in sorted(found)]
+
+
+_REBUILD = """
+import sys
+from pathlib import Path
+from fleetlog.events.errors import ProjectionError
+from fleetlog.projections.projector import Projector
+
+if __name__ == "__main__":
+    with Projector.open(Path(sys.argv[1])) as projector:
+        try:
+            projector.rebuild(workers=2, pool_from=0)
+        except ProjectionError as e:
+            print(e)
+            sys.exit(3)
+"""
+
+
+def test_a_rebuild_whose_fold_worker_dies_fails_in_one_line_and_keeps_the_projections(
+    tmp_path: Path,
+) -> None:
+    _write_random_fleet(tmp_path, random.Random(8), 200, 2)
     with Projector.open(tmp_path) as projector:
         projector.catch_up()
-        incremental = snapshot(projector)
-        assert projector.rebuild(workers=2, pool_from=0) == total
-        assert snapshot(projector) == incremental
+        before = snapshot(projector)
+    # In a process of its own, so that a rebuild that hangs can be killed.
+    rebuild = subprocess.Popen(
+        [sys.executable, "-c", _REBUILD, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        # The fold workers start first and live until the rebuild's end.
+        deadline = time.monotonic() + 30
+        while not (children := _spawned_children(rebuild.pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert children, "no fold worker started"
+        os.kill(children[0], signal.SIGKILL)
+        try:
+            out, _ = rebuild.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the rebuild hangs on a dead fold worker")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rebuild.pid, signal.SIGKILL)
+        rebuild.wait()
+    assert (rebuild.returncode, out) == (3, "rebuild: a fold worker died (exit code -9)\n")
+    with Projector.open(tmp_path) as projector:
+        assert snapshot(projector) == before  # the live file is untouched
+        projector.rebuild(workers=2, pool_from=0)  # and the next rebuild works
+        assert snapshot(projector) == before
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -6,9 +6,11 @@
 1. generate a fleet's log: ``--sessions`` sessions (1,000 in flight at a time,
    as a fleet runs them) over two partitions, until ``--events`` events;
    the log is kept in ``--dir`` and reused by later runs with the same size;
-2. full rebuild (``Projector.rebuild``, a process pool decoding segments):
-   events/s, median of ``--repeats``; and its floor: the same decoding and
-   ``events`` inserts with no folded tables (one run);
+2. full rebuild (``Projector.rebuild``: a process pool decoding segments,
+   fold workers folding sessions by hash, one per core): events/s, median of
+   ``--repeats``; and its floor: the same decoding and ``events`` inserts with
+   no folded tables (one run); then both again at 1, 2, 4, ... workers
+   (``--workers``) and on one core (one run each);
 3. ``agent_health_metrics`` over the whole table: median of 5 runs;
 4. catch-up lag: another process appends ``--rate`` events/s for
    ``--lag-seconds`` (100 sessions side by side, one step per append, as a
@@ -25,6 +27,7 @@ import bisect
 import hashlib
 import json
 import multiprocessing
+import os
 import random
 import resource
 import shutil
@@ -117,7 +120,7 @@ def prepared_home(root: Path, sessions: int, events: int) -> Path:
     return home
 
 
-def bench_rebuild(home: Path, repeats: int) -> tuple[float, int]:
+def bench_rebuild(home: Path, repeats: int, workers: int | None = None) -> tuple[float, int]:
     rates = []
     n = 0
     workers_rss = 0.0
@@ -125,7 +128,7 @@ def bench_rebuild(home: Path, repeats: int) -> tuple[float, int]:
     with Projector.open(home, rebuild_from=1 << 62) as projector:
         for repeat in range(repeats):
             started = time.perf_counter()
-            n = projector.rebuild()
+            n = projector.rebuild(workers=workers)
             took = time.perf_counter() - started
             rates.append(n / took)
             print(f"  rebuild: {n:,} events in {took:.2f} s = {n / took:,.0f} events/s")
@@ -141,7 +144,7 @@ def bench_rebuild(home: Path, repeats: int) -> tuple[float, int]:
     return statistics.median(rates), n
 
 
-def bench_floor(home: Path) -> float:
+def bench_floor(home: Path, workers: int | None = None) -> float:
     """Events/s of what any rebuild must do, with no folding at all.
 
     The same pool decodes the segments into Arrow and the same statement
@@ -158,7 +161,7 @@ def bench_floor(home: Path) -> float:
     try:
         con.execute(TABLES_SQL)
         started = time.perf_counter()
-        for table in _segment_tables(jobs, None):
+        for table in _segment_tables(jobs, workers):
             con.register("_batch", table)
             con.execute(_EVENTS_FROM_BATCH)
             con.unregister("_batch")
@@ -170,6 +173,33 @@ def bench_floor(home: Path) -> float:
         _remove_db(scratch)
     print(f"  decode + events table only: {n:,} events in {took:.2f} s = {n / took:,.0f} events/s")
     return n / took
+
+
+def bench_scaling(
+    home: Path, workers: list[int], one_core: bool
+) -> list[tuple[int, int, float, float]]:
+    """Rebuild against its floor with each number of workers, and on one core.
+
+    ``workers`` processes decode (floor and rebuild) and fold (rebuild); 1 is
+    everything in this process. The one-core row pins this process and its
+    children to one CPU (``sched_setaffinity``), as a 1-core machine would.
+    Returns ``(cores, workers, floor, rebuild)`` rows (events/s).
+    """
+    rows = []
+    all_cores = os.sched_getaffinity(0)
+    runs = [(len(all_cores), w) for w in workers]
+    if one_core and len(all_cores) > 1:
+        runs.insert(0, (1, 1))
+    for cores, w in runs:
+        os.sched_setaffinity(0, set(sorted(all_cores)[:cores]))
+        try:
+            print(f"  {cores} core(s), {w} worker(s):")
+            floor = bench_floor(home, w)
+            rebuild, _n = bench_rebuild(home, 1, w)
+        finally:
+            os.sched_setaffinity(0, all_cores)
+        rows.append((cores, w, floor, rebuild))
+    return rows
 
 
 def bench_metrics(home: Path) -> float:
@@ -276,7 +306,19 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=10_000, help="events/s for the lag test")
     parser.add_argument("--lag-seconds", type=float, default=60.0)
     parser.add_argument("--dir", default="bench/out/projections", help="where logs are kept")
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="rebuild vs floor at these worker counts (default 1, 2, 4, ... up to 2x the cores)",
+    )
+    parser.add_argument("--no-one-core", action="store_true", help="skip the 1-core row")
     args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    workers = (
+        [int(w) for w in args.workers.split(",")]
+        if args.workers
+        else [2**i for i in range(8) if 2**i <= max(2 * cores, 2)]
+    )
     home = prepared_home(Path(args.dir), args.sessions, args.events)
     shutil.rmtree(home / "log" / "p2", ignore_errors=True)  # the lag test's own partition
     for stale in home.glob("projections.duckdb*"):
@@ -284,19 +326,26 @@ def main() -> None:
     print(f"log: {home}")
     rate, n = bench_rebuild(home, args.repeats)
     floor = bench_floor(home)
+    scaling = bench_scaling(home, workers, not args.no_one_core)
     metrics_s = bench_metrics(home)
     p50, p95, written = bench_lag(home, args.rate, args.lag_seconds)
     print()
     print(f"| figure ({n:,} events, {args.sessions:,} sessions) | median | goal |")
     print("|---|---|---|")
-    print(f"| full rebuild | {rate:,.0f} events/s | >= 500,000 |")
+    print(f"| full rebuild ({cores} cores) | {rate:,.0f} events/s | >= 150,000 on 2 cores |")
     print(f"| (floor: decoding + `events` alone, no folding) | {floor:,.0f} events/s | |")
+    print(f"| rebuild / floor | {rate / floor:.0%} | >= 70% |")
     print(f"| agent_health_metrics over all events | {metrics_s * 1000:.0f} ms | <= 500 ms |")
     print(
         f"| catch-up lag, appending {written / args.lag_seconds:,.0f} events/s "
         f"({written:,} events) "
         f"| p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms | p95 <= 1 s |"
     )
+    print()
+    print("| cores | workers | floor (events/s) | rebuild (events/s) | rebuild / floor |")
+    print("|---|---|---|---|---|")
+    for c, w, fl, rb in scaling:
+        print(f"| {c} | {w} | {fl:,.0f} | {rb:,.0f} | {rb / fl:.0%} |")
 
 
 if __name__ == "__main__":

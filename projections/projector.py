@@ -7,10 +7,11 @@ the other tables (``apply.sql``) and moves the per-partition checkpoints. A
 crash before the commit leaves neither rows nor checkpoint behind, so the next
 round reads the same events again: exactly once, with no dedup table.
 
-A rebuild writes a fresh file beside the live one: the segments are turned
-into Arrow tables by a process pool (decoding is the costly part and holds the
-GIL), inserted, folded one partition at a time, and the file is swapped in by
-rename.
+A rebuild writes a fresh file beside the live one and swaps it in by rename:
+a process pool turns the segments into Arrow tables (decoding holds the GIL),
+this process inserts them into ``events``, and fold worker processes fold them
+split by session (``_rebuild_in_parallel``); each partition's folded rows are
+then placed in the file's tables once.
 Because every merge in ``apply.sql`` is associative, a rebuild and any
 sequence of incremental rounds give the same rows.
 

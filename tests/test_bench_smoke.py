@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,9 +82,15 @@ def test_projection_bench_runs(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| full rebuild |" in proc.stdout
+    assert "| full rebuild (" in proc.stdout
     assert "| (floor: decoding + `events` alone, no folding) |" in proc.stdout
+    assert "| rebuild / floor |" in proc.stdout
     assert "catch-up lag" in proc.stdout
+    # rebuild against its floor by workers, and on one core where there are more
+    assert "| cores | workers | floor (events/s) | rebuild (events/s) | rebuild / floor |" in (
+        proc.stdout
+    )
+    assert re.search(r"^\| \d+ \| 2 \| [\d,]+ \| [\d,]+ \| \d+% \|$", proc.stdout, re.M)
 
 
 def test_sandbox_bench_runs() -> None:

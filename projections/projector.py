@@ -640,15 +640,9 @@ def _rebuild_in_parallel(
         _Folders(workers, spool, fold_every) as folders,
     ):
         for job, paths in zip(jobs, _decoded(jobs, workers, workers, spool), strict=True):
-            sources = [pa.memory_map(path) for path in paths]
-            try:
-                tables = [pa.ipc.open_file(source).read_all() for source in sources]
-                con.register("_batch", pa.concat_tables(tables))
-                con.execute(_EVENTS_FROM_BATCH)
-                con.unregister("_batch")
-            finally:
-                for source in sources:
-                    source.close()
+            con.register("_batch", pa.concat_tables(map(_mapped, paths)))
+            con.execute(_EVENTS_FROM_BATCH)
+            con.unregister("_batch")
             folders.fold(job[1], paths)  # each worker unlinks its file once it has read it
             # A partition every worker has finished is placed while they fold the next.
             for files in folders.folded():
@@ -661,18 +655,24 @@ def _place_files(
     con: duckdb.DuckDBPyConnection, files: dict[str, list[str]], quiet_after_s: float
 ) -> None:
     """``_place`` a partition's rows handed back by the fold workers; the files are removed."""
-    maps = {name: [pa.memory_map(path) for path in paths] for name, paths in files.items()}
     try:
-        rows = {
-            name: [pa.ipc.open_file(mapped).read_all() for mapped in pieces]
-            for name, pieces in maps.items()
-        }
-        _place(con, rows, quiet_after_s)
+        _place(
+            con, {name: list(map(_mapped, paths)) for name, paths in files.items()}, quiet_after_s
+        )
     finally:
-        for name, pieces in maps.items():
-            for mapped, path in zip(pieces, files[name], strict=True):
-                mapped.close()
+        for paths in files.values():
+            for path in paths:
                 os.unlink(path)
+
+
+def _mapped(path: str) -> pa.Table:
+    """An Arrow IPC file as a table, zero-copy: its buffers are the mapped file.
+
+    The mapping lives as long as the table does (closing the file does not
+    unmap it), and the file may be unlinked meanwhile.
+    """
+    with pa.memory_map(path) as source:
+        return pa.ipc.open_file(source).read_all()
 
 
 #: Segments a fold worker may have waiting for it (each a file in the spool).
@@ -789,9 +789,7 @@ def _fold_worker(inbox: Any, outbox: Any, spool: str, k: int, fold_every: int) -
                     outbox.put(("rows", (current, _hand_back(con, spool, k, current))))
                 current = partition
             # Mapped, not copied: the pages stay until the table is folded and freed.
-            source = pa.memory_map(path)
-            pending.append(pa.ipc.open_file(source).read_all())
-            source.close()
+            pending.append(_mapped(path))
             os.unlink(path)
             if sum(t.num_rows for t in pending) >= fold_every:
                 _fold_tables(con, pending, _QUIET_AFTER_S)
@@ -1068,14 +1066,9 @@ def _segment_tables(jobs: list[_Job], workers: int | None) -> Iterator[pa.Table]
         return
     with tempfile.TemporaryDirectory(prefix="fleetlog-rebuild-", dir=_spool_dir(workers)) as spool:
         for (path,) in _decoded(jobs, workers, 1, spool):
-            source = pa.memory_map(path)
-            try:
-                # Zero-copy: the table's buffers are the mapped file. The caller is
-                # done with it when it asks for the next one.
-                yield pa.ipc.open_file(source).read_all()
-            finally:
-                source.close()
-                os.unlink(path)
+            table = _mapped(path)
+            os.unlink(path)  # its pages go when the caller lets go of the table
+            yield table
 
 
 def _decoded(jobs: list[_Job], workers: int, buckets: int, spool: str) -> Iterator[list[str]]:

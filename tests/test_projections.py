@@ -839,3 +839,63 @@ def test_a_file_far_behind_a_big_log_is_rebuilt_instead_of_caught_up(tmp_path: P
         assert 0 < sum(projector.lag().values()) < total / 2
         projector.catch_up()
         assert snapshot(projector) == caught_up
+
+
+def _wal_bytes(home: Path) -> int:
+    wal = home / "projections.duckdb.wal"
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_a_round_with_nothing_new_checkpoints_the_wal_and_busy_rounds_leave_it(
+    tmp_path: Path,
+) -> None:
+    # A checkpoint stalls the round that takes it: busy rounds leave the WAL to
+    # DuckDB's threshold, a round with nothing to do checkpoints it.
+    _write_random_fleet(tmp_path, random.Random(5), 20, 2)
+    with Projector.open(tmp_path) as projector:
+        while projector.step(10):
+            pass
+        caught_up = snapshot(projector)
+        held = _wal_bytes(tmp_path)
+        assert held > 0  # every round committed into the WAL, none checkpointed
+        assert projector.step() == 0  # idle, but the WAL is under the default 4 MiB
+        assert _wal_bytes(tmp_path) == held
+        projector.idle_checkpoint_bytes = held
+        assert projector.step() == 0
+        assert _wal_bytes(tmp_path) == 0
+        assert snapshot(projector) == caught_up
+    with Projector.open(tmp_path) as projector:  # what the checkpoint wrote is the file
+        assert projector.rebuilt_on_open == ""
+        assert snapshot(projector) == caught_up
+
+
+def _largest_row_group(projector: Projector, table: str) -> int:
+    with projector.cursor() as cur:
+        # One column's segments (not its validity mask's) add up to each row group's rows.
+        [(rows,)] = cur.execute(
+            "SELECT max(n) FROM (SELECT row_group_id, sum(count) AS n "
+            f"FROM pragma_storage_info('{table}') WHERE column_path = '[0]' GROUP BY ALL)"
+        ).fetchall()
+    return int(rows)
+
+
+def test_rounds_append_small_row_groups_and_a_rebuild_writes_full_ones(tmp_path: Path) -> None:
+    # A checkpoint rewrites a table's last, partly filled row group: rounds keep
+    # them small (16,384 rows), so that checkpoints stay short; a rebuild writes
+    # DuckDB's full ones (122,880), which compress and scan better.
+    log = FileLog.open(tmp_path / "log" / "p0")
+    try:
+        for i in range(40):
+            sid = f"s-{i:02d}"
+            log.append(sid, [SessionCreated(task_id=sid, prompt="p" * 50)], 0)
+            claims = [SessionClaimed(owner="h", epoch=1)] * 999
+            log.append(sid, claims, 1, 1)
+    finally:
+        log.close()
+    with Projector.open(tmp_path) as projector:
+        assert projector.catch_up() == 40_000
+        assert _largest_row_group(projector, "events") == 16_384
+        caught_up = snapshot(projector)
+        projector.rebuild(workers=1)
+        assert _largest_row_group(projector, "events") == 40_000
+        assert snapshot(projector) == caught_up

@@ -91,6 +91,36 @@ def test_projection_bench_runs(tmp_path: Path) -> None:
         proc.stdout
     )
     assert re.search(r"^\| \d+ \| 2 \| [\d,]+ \| [\d,]+ \| \d+% \|$", proc.stdout, re.M)
+    assert re.search(r"^  lag: p99 \d+ ms, max \d+ ms; \d+ rounds, p50 \d+ ms", proc.stdout, re.M)
+
+
+def test_fold_profile_runs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.fold_profile",
+            "--events",
+            "3000",
+            "--sessions",
+            "10",
+            "--dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"^fold worker 0 of 2: [\d,]+ events, [\d.]+ µs", proc.stdout, re.M)
+    # every statement of apply.sql is timed, and the hand-back
+    assert re.search(r"µs  CREATE OR REPLACE TEMP TABLE _tc_rows AS", proc.stdout)
+    assert "(handing back: _rows_to_place)" in proc.stdout
+    assert re.search(
+        r"^a fold of an empty batch \(planning, set-up\): [\d.]+ ms$", proc.stdout, re.M
+    )
 
 
 def test_sandbox_bench_runs() -> None:

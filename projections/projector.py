@@ -171,10 +171,10 @@ _QUIET_AFTER_S: Final = 60.0
 #: DuckDB checkpoints the WAL into the file inside the commit that takes it past
 #: 16 MB, and a checkpoint rewrites each table's last, partly filled row group
 #: whole: with the default size, a fleet appending 10,000 events/s paid a 0.2 to
-#: 3.5 s checkpoint every ~3 s, by how full the `events` tail was, and the events
-#: that arrived meanwhile waited for it (catch-up lag p95 0.6-1.8 s). With 16,384
-#: rows: 0.2-0.6 s, p95 0.4-0.6 s. (A higher threshold only made them rarer and
-#: longer: ~1 s every ~20 s at 128 MB.)
+#: 4.3 s checkpoint every ~3 s, by how full the `events` tail was, and the events
+#: that arrived meanwhile waited for it (catch-up lag p95 0.6-2.5 s). With 16,384
+#: rows: 0.25-0.7 s, p95 0.4-0.7 s. (A higher threshold only made them rarer and
+#: longer: ~1 s every ~20 s at 128 MB.) docs/benchmarks.md has the runs.
 _LIVE_ROW_GROUP: Final = 16_384
 #: The name the projections file is attached under.
 _CATALOG: Final = "projections"

@@ -34,6 +34,7 @@ import collections
 import concurrent.futures
 import concurrent.futures.process
 import contextlib
+import ctypes
 import fcntl
 import gc
 import itertools
@@ -41,6 +42,8 @@ import json
 import multiprocessing
 import os
 import queue
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -721,7 +724,7 @@ class _Folders:
         try:
             for k in range(workers):
                 inbox = ctx.Queue(maxsize=_FOLD_QUEUE)
-                args = (inbox, self._outbox, spool, k, fold_every)
+                args = (inbox, self._outbox, spool, k, fold_every, os.getpid())
                 proc = ctx.Process(target=_fold_worker, args=args, daemon=True)
                 proc.start()
                 self._inboxes.append(inbox)
@@ -792,7 +795,7 @@ class _Folders:
         return True
 
 
-def _fold_worker(inbox: Any, outbox: Any, spool: str, k: int, fold_every: int) -> None:
+def _fold_worker(inbox: Any, outbox: Any, spool: str, k: int, fold_every: int, parent: int) -> None:
     """Fold worker ``k`` of a parallel rebuild: folds the events of its bucket of sessions.
 
     Takes ``(partition, Arrow IPC file)`` in log order until ``None``; folds
@@ -801,6 +804,7 @@ def _fold_worker(inbox: Any, outbox: Any, spool: str, k: int, fold_every: int) -
     ``outbox`` when it is done with a partition, ``("done", None)`` at the end
     (``("error", text)`` if it fails).
     """
+    _die_with_parent(parent)
     try:
         # One thread: the parallelism is the workers'.
         con = duckdb.connect(config={"preserve_insertion_order": False, "threads": 1})
@@ -1106,7 +1110,9 @@ def _decoded(jobs: list[_Job], workers: int, buckets: int, spool: str) -> Iterat
     """
     # spawn, not fork: this process may hold DuckDB and Ray threads.
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         window: collections.deque[concurrent.futures.Future[list[str]]] = collections.deque()
         queued = iter(jobs)
         for job in itertools.islice(queued, workers * 2):
@@ -1119,6 +1125,24 @@ def _decoded(jobs: list[_Job], workers: int, buckets: int, spool: str) -> Iterat
             for job in itertools.islice(queued, 1):
                 window.append(pool.submit(_segment_files, spool, job, buckets))
             yield paths
+
+
+def _die_with_parent(parent: int) -> None:
+    """A rebuild's worker: have the kernel kill this process when ``parent`` dies.
+
+    A rebuild killed outright (SIGKILL, or a SIGTERM, which runs no clean-up)
+    would leave its workers waiting on their queues for good, each holding
+    its memory: their own ends of the queues' pipes keep them open. Linux
+    only (``PR_SET_PDEATHSIG``); it fires when the thread that started the
+    worker ends, which outlives the rebuild.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG: Final = 1
 
 
 def _cores() -> int:

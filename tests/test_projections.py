@@ -657,6 +657,60 @@ def test_a_rebuild_whose_fold_worker_dies_fails_in_one_line_and_keeps_the_projec
         assert snapshot(projector) == before
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie left for an init that does not reap is not running)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+# A rebuild that stops when it has the first partition's rows back, with its
+# workers started and waiting on it, as a rebuild killed at that moment would.
+_STALLED_REBUILD = """
+import sys, time
+from pathlib import Path
+from fleetlog.projections import projector
+
+def stall(*args, **kwargs):
+    print("stalled", flush=True)
+    time.sleep(3600)
+
+if __name__ == "__main__":
+    projector._place_files = stall
+    with projector.Projector.open(Path(sys.argv[1])) as p:
+        p.rebuild(workers=2, pool_from=0)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_rebuild_killed_outright_leaves_no_worker_behind(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    _write_random_fleet(tmp_path, random.Random(9), 100, 2)
+    rebuild = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_REBUILD, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert rebuild.stdout is not None and rebuild.stdout.readline() == "stalled\n"
+        children = _spawned_children(rebuild.pid)
+        assert len(children) == 4  # two fold workers, two decoding workers
+        os.kill(rebuild.pid, sig)  # SIGTERM too: Python runs no clean-up on it
+        rebuild.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while alive := [pid for pid in children if _alive(pid)]:
+            assert time.monotonic() < deadline, f"workers left running: {alive}"
+            time.sleep(0.01)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rebuild.pid, signal.SIGKILL)
+        rebuild.communicate()  # and closes its stdout
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_a_rebuild_with_a_process_pool_inside_a_ray_worker(tmp_path: Path) -> None:
     # The fleet's projector is a Ray actor: a rebuild there spawns its decoding

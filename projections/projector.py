@@ -179,7 +179,8 @@ _QUIET_AFTER_S: Final = 60.0
 #: rows: 0.25-0.7 s, p95 0.4-0.7 s. (A higher threshold only made them rarer and
 #: longer: ~1 s every ~20 s at 128 MB.) docs/benchmarks.md has the runs.
 _LIVE_ROW_GROUP: Final = 16_384
-#: The name the projections file is attached under.
+#: The name the projections file is attached under (``_connect``); its tables
+#: are ``projections.main.*``, temp tables of the same names ``temp.main.*``.
 _CATALOG: Final = "projections"
 #: A round that finds nothing new checkpoints a WAL this big: a fleet that
 #: appends in bursts pays for its checkpoints between them, when nothing waits.
@@ -896,7 +897,6 @@ def _place(
     have moved them; the others to ``_open``. ``rows`` may come in pieces
     (one per fold worker, each in ``_moved`` order).
     """
-    db = _file_catalog(con)
     quiet = int(quiet_after_s * 1_000_000)
     con.register("_rows", pa.concat_tables(rows["agent_executions"]))
     [(newest,)] = con.execute("SELECT max(_updated) FROM _rows").fetchall()
@@ -906,13 +906,13 @@ def _place(
     for name in _FOLDED:
         con.register("_rows", pa.concat_tables(rows[name]))
         con.execute(
-            f"INSERT INTO {db}.main._{name}_ended BY NAME "
+            f"INSERT INTO {_CATALOG}.main._{name}_ended BY NAME "
             f"SELECT * EXCLUDE (_moved, _ended, _updated), _moved AS moved FROM _rows "
             f"WHERE {moving}",
             params,
         )
         con.execute(
-            f"INSERT INTO {db}.main._{name}_open BY NAME "
+            f"INSERT INTO {_CATALOG}.main._{name}_open BY NAME "
             f"SELECT * EXCLUDE (_moved, _ended, _updated) FROM _rows WHERE NOT ({moving})",
             params,
         )
@@ -960,17 +960,10 @@ _FOLDED: Final = {
 _TWINS: Final = tuple(f"_{name}_{kind}" for name in _FOLDED for kind in ("open", "ended"))
 
 
-def _file_catalog(con: duckdb.DuckDBPyConnection) -> str:
-    """The quoted name of the file's catalog (temp tables live in ``temp``)."""
-    [(name,)] = con.execute("SELECT current_database()").fetchall()
-    return '"' + str(name).replace('"', '""') + '"'
-
-
 def _create_stand_ins(con: duckdb.DuckDBPyConnection) -> None:
     """Empty temp tables shadowing the folded tables: a rebuild folds a partition into them."""
-    db = _file_catalog(con)
     for name in _TWINS:
-        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {db}.main.{name} LIMIT 0")
+        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {_CATALOG}.main.{name} LIMIT 0")
 
 
 def _drop_stand_ins(con: duckdb.DuckDBPyConnection) -> None:

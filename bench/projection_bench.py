@@ -293,16 +293,15 @@ def bench_lag(home: Path, rate: int, seconds: float) -> tuple[float, float, int]
     committed: list[tuple[float, int]] = []  # (when, checkpoint of p2 after the round)
     rounds: list[float] = []  # seconds each round took
     checkpointed: list[float] = []  # those of the rounds whose commit checkpointed the WAL
-    wal = home / "projections.duckdb.wal"
     try:
         writer.start()
         while writer.is_alive() or projector.lag().get(2, 0):
-            before = wal.stat().st_size if wal.exists() else 0
+            before = projector.wal_bytes()
             started = time.monotonic()
             if projector.step(50_000):
                 committed.append((time.monotonic(), projector.checkpoints().get(2, 0)))
                 rounds.append(committed[-1][0] - started)
-                if (wal.stat().st_size if wal.exists() else 0) < before:
+                if projector.wal_bytes() < before:
                     checkpointed.append(rounds[-1])
             else:
                 time.sleep(0.01)

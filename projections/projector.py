@@ -481,12 +481,15 @@ class Projector:
 
     def _checkpoint_if_idle(self) -> None:
         """Checkpoint a WAL of ``idle_checkpoint_bytes`` or more: nothing waits on it now."""
-        try:
-            wal = os.path.getsize(self.path.with_name(DB_FILE + ".wal"))
-        except FileNotFoundError:
-            return
-        if wal >= self.idle_checkpoint_bytes:
+        if self.wal_bytes() >= self.idle_checkpoint_bytes:
             self.con.execute("CHECKPOINT")
+
+    def wal_bytes(self) -> int:
+        """Bytes of committed rounds in DuckDB's WAL, not yet checkpointed into the file."""
+        try:
+            return os.path.getsize(self.path.with_name(DB_FILE + ".wal"))
+        except FileNotFoundError:
+            return 0
 
     def catch_up(self, *, limit: int = 100_000) -> int:
         """Apply rounds until one finds the log's end; the number of events applied.

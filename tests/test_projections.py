@@ -895,11 +895,6 @@ def test_a_file_far_behind_a_big_log_is_rebuilt_instead_of_caught_up(tmp_path: P
         assert snapshot(projector) == caught_up
 
 
-def _wal_bytes(home: Path) -> int:
-    wal = home / "projections.duckdb.wal"
-    return wal.stat().st_size if wal.exists() else 0
-
-
 def test_a_round_with_nothing_new_checkpoints_the_wal_and_busy_rounds_leave_it(
     tmp_path: Path,
 ) -> None:
@@ -910,13 +905,13 @@ def test_a_round_with_nothing_new_checkpoints_the_wal_and_busy_rounds_leave_it(
         while projector.step(10):
             pass
         caught_up = snapshot(projector)
-        held = _wal_bytes(tmp_path)
+        held = projector.wal_bytes()
         assert held > 0  # every round committed into the WAL, none checkpointed
         assert projector.step() == 0  # idle, but the WAL is under the default 4 MiB
-        assert _wal_bytes(tmp_path) == held
+        assert projector.wal_bytes() == held
         projector.idle_checkpoint_bytes = held
         assert projector.step() == 0
-        assert _wal_bytes(tmp_path) == 0
+        assert projector.wal_bytes() == 0
         assert snapshot(projector) == caught_up
     with Projector.open(tmp_path) as projector:  # what the checkpoint wrote is the file
         assert projector.rebuilt_on_open == ""

@@ -590,6 +590,15 @@ def test_a_parallel_rebuild_gives_the_rows_of_incremental_rounds(
             assert snapshot(projector) == after
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command (state, ppid, ...); [] if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def _spawned_children(parent: int) -> list[int]:
     """The processes ``parent`` started by multiprocessing's spawn, oldest first."""
     found = []
@@ -597,9 +606,9 @@ def _spawned_children(parent: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[1]) == parent and b"spawn_main" in (entry / "cmdline").read_bytes():
+            fields = _stat(int(entry.name))
+            spawned = fields and int(fields[1]) == parent
+            if spawned and b"spawn_main" in (entry / "cmdline").read_bytes():
                 found.append((int(fields[19]), int(entry.name)))  # (start time, pid)
     return [pid for _start, pid in sorted(found)]
 
@@ -659,11 +668,7 @@ def test_a_rebuild_whose_fold_worker_dies_fails_in_one_line_and_keeps_the_projec
 
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie left for an init that does not reap is not running)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+    return _stat(pid)[:1] not in ([], ["Z"])
 
 
 # A rebuild that stops when it has the first partition's rows back, with its

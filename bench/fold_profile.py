@@ -25,7 +25,6 @@ from bench.projection_bench import prepared_home
 from fleetlog.events.source import FileSource
 from fleetlog.projections.projector import (
     _APPLY,
-    _FIELDS_MACRO,
     _FOLD_EVERY,
     _FOLDED,
     _NEW_ROWS,
@@ -49,7 +48,6 @@ def profile(home: Path) -> None:
     for job in _segment_jobs(source.paths(), _heads(source)):
         buckets[job[1]].append(_split_by_session(_segment_table(*job), 2)[0])
     con = duckdb.connect(config={"preserve_insertion_order": False, "threads": 1})
-    con.execute(_FIELDS_MACRO)
     con.execute(TABLES_SQL)
     cpu: collections.defaultdict[str, float] = collections.defaultdict(float)
     events = 0

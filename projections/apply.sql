@@ -1,6 +1,7 @@
 -- Fold the events in `_new` (a batch, or a chunk of a partition on rebuild) into
--- the tables. `_fields(data)` parses an event's JSON into the fields read here
--- (projector.py); each statement parses only the events it reads fields of.
+-- the tables. `_fields` parses an event's JSON into a struct of the fields that
+-- statement reads as `f.<name>` (projector.py, `_with_fields`); each statement
+-- parses only the events it reads fields of.
 -- Every merge is associative, so any split of the log into batches
 -- gives the same rows: sums and counts add up, "first" values keep the old
 -- row's, "last" values take the batch's (a batch is always later in each
@@ -34,7 +35,15 @@ WITH b AS (
            count(*) FILTER (type = 'ModelCallRetried') AS retries,
            arg_max(f.error, seq) FILTER (type = 'ModelCallFailed') AS error,
            arg_max(f.status_code, seq) FILTER (type = 'ModelCallFailed') AS status_code,
-           arg_max(coalesce(f.purpose, ''), seq) FILTER (type = 'ModelCallRequested') AS purpose
+           arg_max(coalesce(f.purpose, ''), seq) FILTER (type = 'ModelCallRequested') AS purpose,
+           -- what the session's row takes from its model calls (below), so that the
+           -- sessions' statement parses none of these events again
+           max(f.step) FILTER (type = 'ModelCallRequested') AS step_max,
+           sum(f.input_tokens) FILTER (type = 'ModelResponded') AS input_sum,
+           sum(f.output_tokens) FILTER (type = 'ModelResponded') AS output_sum,
+           sum(f.cost_usd::DECIMAL(20, 10)) FILTER (type = 'ModelResponded') AS cost_sum,
+           max(seq) FILTER (type <> 'ModelCallRetried') AS last_seq,
+           arg_max(type = 'ModelCallRequested', seq) FILTER (type <> 'ModelCallRetried') AS last_requested
     FROM (SELECT session_id, seq, ts, type, _fields(data) AS f FROM _new
           WHERE type IN ('ModelCallRequested', 'ModelCallRetried', 'ModelResponded',
                          'ModelCallFailed'))
@@ -58,14 +67,17 @@ SELECT b.execution_id,
        coalesce(b.error, t.error) AS error,
        coalesce(b.status_code, t.status_code) AS status_code,
        coalesce(b.r.responded_at, t.responded_at) AS responded_at,
-       coalesce(b.purpose, t.purpose, '') AS purpose
+       coalesce(b.purpose, t.purpose, '') AS purpose,
+       -- the batch's alone, for the sessions' statement (not columns of the table)
+       b.step_max AS _step_max, b.input_sum AS _input_sum, b.output_sum AS _output_sum,
+       b.cost_sum AS _cost_sum, b.last_seq AS _last_seq, b.last_requested AS _last_requested
 FROM b
 LEFT JOIN _model_calls_open t ON t.execution_id = b.execution_id AND t.request_id = b.request_id;
 
 DELETE FROM _model_calls_open t USING _mc_rows b
 WHERE t.execution_id = b.execution_id AND t.request_id = b.request_id;
 
-INSERT INTO _model_calls_open BY NAME SELECT * FROM _mc_rows;
+INSERT INTO _model_calls_open BY NAME SELECT * EXCLUDE (_step_max, _input_sum, _output_sum, _cost_sum, _last_seq, _last_requested) FROM _mc_rows;
 
 -- tool calls, one row per call ----------------------------------------------------
 CREATE OR REPLACE TEMP TABLE _tc_rows AS
@@ -218,25 +230,30 @@ WITH b AS (
                FILTER (type IN ('SessionCompleted', 'SessionFailed', 'SessionCancelled')) AS completed_at,
            arg_max(f.result, seq) FILTER (type = 'SessionCompleted') AS result,
            arg_max(f.error, seq) FILTER (type = 'SessionFailed') AS error,
-           max(f.step) FILTER (type = 'ModelCallRequested') AS step_count,
-           coalesce(sum(f.input_tokens) FILTER (type = 'ModelResponded'), 0) AS input_tokens,
-           coalesce(sum(f.output_tokens) FILTER (type = 'ModelResponded'), 0) AS output_tokens,
-           coalesce(sum(f.cost_usd::DECIMAL(20, 10)) FILTER (type = 'ModelResponded'), 0) AS cost_usd,
-           arg_max(CASE WHEN type = 'ModelCallRequested' THEN f.request_id ELSE '' END, seq)
-               FILTER (type IN ('ModelCallRequested', 'ModelResponded', 'ModelCallFailed')) AS pending_request,
            count(*) FILTER (type = 'ModelCallRetried') AS model_retries,
            count(*) FILTER (type = 'ContextCompacted') AS compactions,
            count(*) FILTER (type = 'UnknownEvent') AS unknown_events,
            count(*) AS events,
            max(position) AS last_position
-    -- only the events whose fields are read below are parsed (~30% of them)
+    -- only the events whose fields are read below are parsed (~1% of them: the
+    -- model calls' fields come from `_mc_rows`, below)
     FROM (SELECT * EXCLUDE (data),
                  _fields(CASE WHEN type IN ('SessionCreated', 'SessionClaimed', 'SessionCompleted',
-                                            'SessionFailed', 'ModelCallRequested',
-                                            'ModelResponded')
+                                            'SessionFailed')
                               THEN data END) AS f
           FROM _new)
     GROUP BY session_id
+), m AS (
+    -- the batch's model calls, by session: the request each call's last event
+    -- names is the one pending if that event was its request
+    SELECT execution_id AS id,
+           max(_step_max) AS step_count,
+           coalesce(sum(_input_sum), 0) AS input_tokens,
+           coalesce(sum(_output_sum), 0) AS output_tokens,
+           coalesce(sum(_cost_sum), 0) AS cost_usd,
+           arg_max(CASE WHEN _last_requested THEN request_id ELSE '' END, _last_seq) AS pending_request
+    FROM _mc_rows
+    GROUP BY execution_id
 ), a AS (
     SELECT execution_id AS id, count(*) AS awaiting
     FROM _agent_tool_calls_open
@@ -249,10 +266,10 @@ SELECT b.id,
        coalesce(t.input_data, b.c.input_data) AS input_data,
        coalesce(b.result, t.result) AS result,
        coalesce(b.error, t.error) AS error,
-       greatest(coalesce(t.step_count, 0), coalesce(b.step_count, 0)) AS step_count,
-       coalesce(t.input_tokens, 0) + b.input_tokens AS input_tokens,
-       coalesce(t.output_tokens, 0) + b.output_tokens AS output_tokens,
-       coalesce(t.cost_usd, 0) + b.cost_usd AS cost_usd,
+       greatest(coalesce(t.step_count, 0), coalesce(m.step_count, 0)) AS step_count,
+       coalesce(t.input_tokens, 0) + coalesce(m.input_tokens, 0) AS input_tokens,
+       coalesce(t.output_tokens, 0) + coalesce(m.output_tokens, 0) AS output_tokens,
+       coalesce(t.cost_usd, 0) + coalesce(m.cost_usd, 0) AS cost_usd,
        coalesce(t.created_at, b.created_at) AS created_at,
        b.updated_at,
        coalesce(b.completed_at, t.completed_at) AS completed_at,
@@ -264,7 +281,7 @@ SELECT b.id,
        b.seq,
        coalesce(t.claims, 0) + b.claims AS claims,
        coalesce(b.ended_status, t.ended_status) AS ended_status,
-       coalesce(b.pending_request, t.pending_request, '') AS pending_request,
+       coalesce(m.pending_request, t.pending_request, '') AS pending_request,
        coalesce(t.model_retries, 0) + b.model_retries AS model_retries,
        coalesce(t.compactions, 0) + b.compactions AS compactions,
        coalesce(t.cancel_requested, false) OR b.cancel_requested AS cancel_requested,
@@ -279,6 +296,7 @@ SELECT b.id,
        greatest(coalesce(t.last_position, 0), b.last_position) AS last_position
 FROM b
 LEFT JOIN _agent_executions_open t ON t.id = b.id
+LEFT JOIN m ON m.id = b.id
 LEFT JOIN a ON a.id = b.id;
 
 DELETE FROM _agent_executions_open t USING _ex_merged b WHERE t.id = b.id;

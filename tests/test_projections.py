@@ -47,7 +47,15 @@ from fleetlog.events.schema import (
     ToolCallVetted,
 )
 from fleetlog.events.state import fold
-from fleetlog.projections.projector import _FOLDED, SCHEMA_VERSION, Projector, _SimulatedCrash
+from fleetlog.projections.projector import (
+    _APPLY,
+    _FIELDS,
+    _FOLDED,
+    SCHEMA_VERSION,
+    Projector,
+    _SimulatedCrash,
+    _with_fields,
+)
 
 TABLES = (
     "events",
@@ -338,6 +346,24 @@ def test_every_column_matches_the_hand_computed_history(
         assert [r["position"] for r in events if r["partition"] == 0] == list(range(1, 22))
         assert [r["position"] for r in events if r["partition"] == 1] == list(range(1, 18))
         assert projector.checkpoints() == {0: 21, 1: 17}
+
+
+def test_each_statement_parses_exactly_the_fields_it_reads() -> None:
+    """``_fields(x)`` becomes a parse of the ``f.<name>`` its statement reads, and only those."""
+    parsed = 0
+    for statement in _APPLY:
+        assert "_fields(" not in statement.query
+        structs = re.findall(r"json_transform\((.*?), '(\{[^']*\})'\)", statement.query, re.S)
+        read = set(re.findall(r"\bf\.(\w+)", statement.query))
+        for _argument, struct in structs:
+            assert json.loads(struct) == {name: _FIELDS[name] for name in sorted(read)}
+        parsed += len(structs)
+    assert parsed == 3  # model calls, tool calls, sessions
+    # Nested parentheses in the argument are kept whole; a field nobody declared fails at once.
+    [one] = _with_fields("SELECT _fields(CASE WHEN (a) THEN (b) END).step AS f, f.step FROM t")
+    assert one.query.startswith('SELECT json_transform(CASE WHEN (a) THEN (b) END, \'{"step"')
+    with pytest.raises(KeyError, match="no_such_field"):
+        _with_fields("SELECT _fields(d) AS f, f.no_such_field FROM t")
 
 
 def test_a_time_window_and_an_agent_filter(

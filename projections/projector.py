@@ -231,7 +231,11 @@ def rows_to_arrow(rows: list[EnvelopeRow], partition: int, blobs: BlobStore | No
                 raise ProjectionError("events refer to blobs but no blob store was given")
             lines = _json.encode_lines([blobs.resolve_event(ev) for ev in events])
         # One line per event (JSON text never holds a raw newline), split in C++.
-        text = pa.array([lines[:-1]], pa.binary()).cast(pa.string())
+        # The lines as one string over msgspec's buffer, not copied, and not
+        # checked as UTF-8: the encoder writes nothing else (both cost ~0.2 µs
+        # per event, ~10% of this function).
+        offsets = pa.array([0, len(lines) - 1], pa.int32()).buffers()[1]
+        text = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(lines)])
         data = pc.split_pattern(text, "\n").flatten()
         types = list(map(_TYPE_NAMES.__getitem__, map(type, events)))
         return pa.Table.from_arrays(

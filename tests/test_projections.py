@@ -55,6 +55,7 @@ from fleetlog.projections.projector import (
     Projector,
     _SimulatedCrash,
     _with_fields,
+    rows_to_arrow,
 )
 
 TABLES = (
@@ -364,6 +365,19 @@ def test_each_statement_parses_exactly_the_fields_it_reads() -> None:
     assert one.query.startswith('SELECT json_transform(CASE WHEN (a) THEN (b) END, \'{"step"')
     with pytest.raises(KeyError, match="no_such_field"):
         _with_fields("SELECT _fields(d) AS f, f.no_such_field FROM t")
+
+
+def test_rows_to_arrow_gives_each_event_its_own_json_line_whatever_its_text() -> None:
+    """The data column is one event's JSON per row, any text intact (it is cut from one buffer)."""
+    texts = ["plain", "héllo 日本 🚀", "two\nlines\r\n", 'quotes " and \\ ', "\u2028\u2029", ""]
+    events = [SessionCompleted(result=text) for text in texts]
+    rows = [(i + 1, "s-1", i + 1, 0, 1.5 + i, f"e{i}", ev) for i, ev in enumerate(events)]
+    table = rows_to_arrow(rows, 3, None)
+    table.validate(full=True)  # offsets and UTF-8 checked here, not on the way in
+    assert table.column("data").to_pylist() == [msgspec.json.encode(ev).decode() for ev in events]
+    assert [msgspec.json.decode(d)["result"] for d in table.column("data").to_pylist()] == texts
+    assert table.column("position").to_pylist() == [1, 2, 3, 4, 5, 6]
+    assert set(table.column("partition").to_pylist()) == {3}
 
 
 def test_a_time_window_and_an_agent_filter(

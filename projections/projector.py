@@ -201,6 +201,10 @@ _QUIET_AFTER_S: Final = 60.0
 #: rows: 0.25-0.7 s, p95 0.4-0.7 s. (A higher threshold only made them rarer and
 #: longer: ~1 s every ~20 s at 128 MB.) docs/benchmarks.md has the runs.
 _LIVE_ROW_GROUP: Final = 16_384
+#: DuckDB draws a progress bar on stdout, terminal or not, for any statement
+#: that runs over 2 s: into `fleetlog sql`'s CSV or JSON, or a rebuild's
+#: output. A setting of each connection only (not of ``duckdb.connect``'s config).
+_NO_PROGRESS_BAR: Final = "SET enable_progress_bar = false"
 #: The name the projections file is attached under (``_connect``); its tables
 #: are ``projections.main.*``, temp tables of the same names ``temp.main.*``.
 _CATALOG: Final = "projections"
@@ -838,6 +842,7 @@ def _fold_worker(inbox: Any, outbox: Any, spool: str, k: int, fold_every: int, p
     try:
         # One thread: the parallelism is the workers'.
         con = duckdb.connect(config={"preserve_insertion_order": False, "threads": 1})
+        con.execute(_NO_PROGRESS_BAR)
         con.execute(TABLES_SQL)
         current: int | None = None
         pending: list[pa.Table] = []
@@ -1202,6 +1207,7 @@ def _connect(
         quoted = "'" + str(path).replace("'", "''") + "'"
         con.execute(f"ATTACH {quoted} AS {_CATALOG}{options}")
         con.execute(f"USE {_CATALOG}")
+        con.execute(_NO_PROGRESS_BAR)  # its cursors inherit it
     except BaseException:
         con.close()
         raise

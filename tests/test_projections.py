@@ -973,6 +973,40 @@ def _largest_row_group(projector: Projector, table: str) -> int:
     return int(rows)
 
 
+_SHOW_PROGRESS_BAR = """
+import sys
+from pathlib import Path
+from fleetlog.projections.projector import Projector
+
+def bar(con):
+    return con.execute("SELECT current_setting('enable_progress_bar')").fetchall()[0][0]
+
+with Projector.open(Path(sys.argv[1])) as projector:
+    seen = [bar(projector.con)]
+    projector.rebuild(workers=1)  # a new connection to the new file
+    seen.append(bar(projector.con))
+    with projector.cursor() as cur:
+        seen.append(bar(cur))
+print(seen)
+"""
+
+
+def test_the_projector_draws_no_progress_bar(tmp_path: Path) -> None:
+    # DuckDB draws one on stdout (a pipe too) for a statement over 2 s, on by
+    # default on a connection in a plain process (not under pytest, hence the
+    # child): a long round or rebuild would write it into the output of
+    # `fleetlog project` or of a fleet.
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHOW_PROGRESS_BAR, str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[False, False, False]"
+
+
 def test_rounds_append_small_row_groups_and_a_rebuild_writes_full_ones(tmp_path: Path) -> None:
     # A checkpoint rewrites a table's last, partly filled row group: rounds keep
     # them small (16,384 rows), so that checkpoints stay short; a rebuild writes

@@ -77,7 +77,9 @@ LEFT JOIN _model_calls_open t ON t.execution_id = b.execution_id AND t.request_i
 DELETE FROM _model_calls_open t USING _mc_rows b
 WHERE t.execution_id = b.execution_id AND t.request_id = b.request_id;
 
-INSERT INTO _model_calls_open BY NAME SELECT * EXCLUDE (_step_max, _input_sum, _output_sum, _cost_sum, _last_seq, _last_requested) FROM _mc_rows;
+INSERT INTO _model_calls_open BY NAME
+SELECT * EXCLUDE (_step_max, _input_sum, _output_sum, _cost_sum, _last_seq, _last_requested)
+FROM _mc_rows;
 
 -- tool calls, one row per call ----------------------------------------------------
 CREATE OR REPLACE TEMP TABLE _tc_rows AS

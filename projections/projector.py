@@ -91,7 +91,6 @@ APPLY_SQL: Final = (_SQL / "apply.sql").read_text()
 #: the type ``_fields`` parses it as (absent fields are NULL; ``_with_fields``).
 #: Costs are read as text so that they become exact DECIMALs.
 _FIELDS: Final = {
-    "type": "VARCHAR",
     **dict.fromkeys(
         ["request_id", "model", "stop_reason", "error", "call_id", "tool", "input", "output"],
         "VARCHAR",
@@ -202,8 +201,10 @@ _QUIET_AFTER_S: Final = 60.0
 #: longer: ~1 s every ~20 s at 128 MB.) docs/benchmarks.md has the runs.
 _LIVE_ROW_GROUP: Final = 16_384
 #: DuckDB draws a progress bar on stdout, terminal or not, for any statement
-#: that runs over 2 s: into `fleetlog sql`'s CSV or JSON, or a rebuild's
-#: output. A setting of each connection only (not of ``duckdb.connect``'s config).
+#: that runs over 2 s, on by default on a connection (its cursors, which answer
+#: queries, have it off): a rebuild's inserts and folds, or a long round, drew
+#: it into `fleetlog project`'s output or a fleet's. A setting of each
+#: connection only (``duckdb.connect``'s config refuses it).
 _NO_PROGRESS_BAR: Final = "SET enable_progress_bar = false"
 #: The name the projections file is attached under (``_connect``); its tables
 #: are ``projections.main.*``, temp tables of the same names ``temp.main.*``.
@@ -1207,7 +1208,7 @@ def _connect(
         quoted = "'" + str(path).replace("'", "''") + "'"
         con.execute(f"ATTACH {quoted} AS {_CATALOG}{options}")
         con.execute(f"USE {_CATALOG}")
-        con.execute(_NO_PROGRESS_BAR)  # its cursors inherit it
+        con.execute(_NO_PROGRESS_BAR)
     except BaseException:
         con.close()
         raise

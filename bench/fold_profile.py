@@ -28,7 +28,7 @@ from fleetlog.projections.projector import (
     _FOLD_EVERY,
     _FOLDED,
     _NEW_ROWS,
-    TABLES_SQL,
+    _fold_connection,
     _heads,
     _rows_to_place,
     _segment_jobs,
@@ -47,8 +47,7 @@ def profile(home: Path) -> None:
     buckets: dict[int, list[pa.Table]] = collections.defaultdict(list)
     for job in _segment_jobs(source.paths(), _heads(source)):
         buckets[job[1]].append(_split_by_session(_segment_table(*job), 2)[0])
-    con = duckdb.connect(config={"preserve_insertion_order": False, "threads": 1})
-    con.execute(TABLES_SQL)
+    con = _fold_connection()  # as a rebuild's fold worker has it
     cpu: collections.defaultdict[str, float] = collections.defaultdict(float)
     events = 0
 

@@ -841,10 +841,7 @@ def _fold_worker(inbox: Any, outbox: Any, spool: str, k: int, fold_every: int, p
     """
     _die_with_parent(parent)
     try:
-        # One thread: the parallelism is the workers'.
-        con = duckdb.connect(config={"preserve_insertion_order": False, "threads": 1})
-        con.execute(_NO_PROGRESS_BAR)
-        con.execute(TABLES_SQL)
+        con = _fold_connection()
         current: int | None = None
         pending: list[pa.Table] = []
         while (item := inbox.get()) is not None:
@@ -865,6 +862,17 @@ def _fold_worker(inbox: Any, outbox: Any, spool: str, k: int, fold_every: int, p
         outbox.put(("done", None))
     except BaseException as e:
         outbox.put(("error", f"{type(e).__name__}: {_first_line(e)}"))
+
+
+def _fold_connection() -> duckdb.DuckDBPyConnection:
+    """A fold worker's database: in memory, the tables only.
+
+    One thread: the parallelism is the workers'.
+    """
+    con = duckdb.connect(config={"preserve_insertion_order": False, "threads": 1})
+    con.execute(_NO_PROGRESS_BAR)
+    con.execute(TABLES_SQL)
+    return con
 
 
 def _hand_back(

@@ -48,6 +48,7 @@ from fleetlog.projections.projector import (
     TABLES_SQL,
     Projector,
     _connect,
+    _cores,
     _heads,
     _remove_db,
     _segment_jobs,
@@ -205,7 +206,7 @@ def bench_rebuild(home: Path, repeats: int, workers: int | None = None) -> tuple
             (main_after, children_after), (main_before, children_before) = _cpu_seconds(), cpu
             main_s, children_s = main_after - main_before, children_after - children_before
             rates.append(n / took)
-            fold_s, decode_s = children.split(workers or len(os.sched_getaffinity(0)))
+            fold_s, decode_s = children.split(workers or _cores())  # as the rebuild counts
             split = (
                 f" (fold workers {fold_s / n * 1e6:.2f}, decoding workers {decode_s / n * 1e6:.2f})"
                 if children_s

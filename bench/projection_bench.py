@@ -6,8 +6,8 @@
 1. generate a fleet's log: ``--sessions`` sessions (1,000 in flight at a time,
    as a fleet runs them) over two partitions, until ``--events`` events;
    the log is kept in ``--dir`` and reused by later runs with the same size;
-2. full rebuild (``Projector.rebuild``: a process pool decoding segments,
-   fold workers folding sessions by hash, one per core): events/s, median of
+2. full rebuild (``Projector.rebuild``: one worker process per core, each
+   decoding segments and folding its sessions by hash): events/s, median of
    ``--repeats``; and its floor: the same decoding and ``events`` inserts with
    no folded tables (one run); then both again at 1, 2, 4, ... workers
    (``--workers``) and on one core (one run each);
@@ -33,7 +33,6 @@ import random
 import resource
 import shutil
 import statistics
-import threading
 import time
 from pathlib import Path
 
@@ -48,7 +47,6 @@ from fleetlog.projections.projector import (
     TABLES_SQL,
     Projector,
     _connect,
-    _cores,
     _heads,
     _remove_db,
     _segment_jobs,
@@ -123,74 +121,6 @@ def prepared_home(root: Path, sessions: int, events: int) -> Path:
     return home
 
 
-class _ChildCpu:
-    """CPU of this process's children while it runs, sampled from /proc (Linux).
-
-    A parallel rebuild starts its fold workers (``_Folders``) before its
-    decoding pool (``_decoded``), so the children that started first are the
-    fold workers (``split``); the rest decode. Each child's last sample is at
-    most ``every_s`` before it exits: a rounding error of ~0.2 s a child.
-    """
-
-    def __init__(self, every_s: float = 0.2) -> None:
-        self._every_s = every_s
-        self._seen: dict[tuple[int, int], float] = {}  # (start tick, pid) -> CPU seconds
-        self._helpers: dict[str, bool] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._tick = os.sysconf("SC_CLK_TCK")
-
-    def __enter__(self) -> _ChildCpu:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample(everyone=True)
-
-    def _run(self) -> None:
-        rounds = 0
-        while not self._stop.wait(self._every_s):
-            # Listing /proc costs ~2 ms: once a second for new children, the
-            # known ones read every time (this thread's CPU counts as the main
-            # process's in the figures).
-            self._sample(everyone=rounds % 5 == 0)
-            rounds += 1
-
-    def _sample(self, everyone: bool) -> None:
-        me = os.getpid()
-        if everyone:
-            pids = [entry.name for entry in os.scandir("/proc") if entry.name.isdigit()]
-        else:
-            pids = [str(pid) for _start, pid in self._seen]
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            # After the command: state, ppid, ... utime (12th), stime, ... starttime (20th).
-            if int(fields[1]) == me and not self._helper(pid):
-                cpu = (int(fields[11]) + int(fields[12])) / self._tick
-                self._seen[(int(fields[19]), int(pid))] = cpu
-
-    def _helper(self, pid: str) -> bool:
-        """Multiprocessing's resource tracker: a child that starts first and does no work."""
-        if pid not in self._helpers:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    self._helpers[pid] = b"resource_tracker" in f.read()
-            except OSError:
-                self._helpers[pid] = True
-        return self._helpers[pid]
-
-    def split(self, first: int) -> tuple[float, float]:
-        """CPU seconds of the ``first`` children to start, and of the others."""
-        ordered = [cpu for _key, cpu in sorted(self._seen.items())]
-        return sum(ordered[:first]), sum(ordered[first:])
-
-
 def bench_rebuild(home: Path, repeats: int, workers: int | None = None) -> tuple[float, int]:
     rates = []
     n = 0
@@ -200,31 +130,22 @@ def bench_rebuild(home: Path, repeats: int, workers: int | None = None) -> tuple
         for repeat in range(repeats):
             cpu = _cpu_seconds()
             started = time.perf_counter()
-            with _ChildCpu() as children:
-                n = projector.rebuild(workers=workers)
+            n = projector.rebuild(workers=workers)
             took = time.perf_counter() - started
             (main_after, children_after), (main_before, children_before) = _cpu_seconds(), cpu
             main_s, children_s = main_after - main_before, children_after - children_before
             rates.append(n / took)
-            fold_s, decode_s = children.split(workers or _cores())  # as the rebuild counts
-            split = (
-                f" (fold workers {fold_s / n * 1e6:.2f}, decoding workers {decode_s / n * 1e6:.2f})"
-                if children_s
-                else ""
-            )
             print(
                 f"  rebuild: {n:,} events in {took:.2f} s = {n / took:,.0f} events/s; CPU per "
                 f"event: main process {main_s / n * 1e6:.2f} µs, its workers "
-                f"{children_s / n * 1e6:.2f} µs{split}"
+                f"{children_s / n * 1e6:.2f} µs"
             )
             if repeat == 0:
                 # Only now: Linux counts a process forked later as having the
                 # parent's RSS of that moment (ru_maxrss, KiB).
                 workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"  peak RSS: this process {own:,.0f} MiB, largest decoding worker {workers_rss:,.0f} MiB"
-    )
+    print(f"  peak RSS: this process {own:,.0f} MiB, largest worker {workers_rss:,.0f} MiB")
     print(f"  file: {(home / 'projections.duckdb').stat().st_size / 2**30:.2f} GiB")
     return statistics.median(rates), n
 

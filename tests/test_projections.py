@@ -604,7 +604,7 @@ def test_incremental_with_crashes_equals_rebuild(
 def test_a_parallel_rebuild_gives_the_rows_of_incremental_rounds(
     tmp_path: Path, seed: int, workers: int, fold_every: int, quiet_after_s: float, late: bool
 ) -> None:
-    # Decoded by a process pool, folded by session across `workers` fold workers,
+    # Decoded and folded by `workers` processes, each folding its sessions by hash,
     # placed per partition: the same rows as rounds that moved sessions between
     # the twins as they went (the rebuild itself moves none).
     rng = random.Random(seed)
@@ -669,7 +669,7 @@ if __name__ == "__main__":
 """
 
 
-def test_a_rebuild_whose_fold_worker_dies_fails_in_one_line_and_keeps_the_projections(
+def test_a_rebuild_whose_worker_dies_fails_in_one_line_and_keeps_the_projections(
     tmp_path: Path,
 ) -> None:
     _write_random_fleet(tmp_path, random.Random(8), 200, 2)
@@ -685,21 +685,21 @@ def test_a_rebuild_whose_fold_worker_dies_fails_in_one_line_and_keeps_the_projec
         start_new_session=True,
     )
     try:
-        # The fold workers start first and live until the rebuild's end.
+        # The workers live until the rebuild's end.
         deadline = time.monotonic() + 30
         while not (children := _spawned_children(rebuild.pid)) and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert children, "no fold worker started"
+        assert children, "no worker started"
         os.kill(children[0], signal.SIGKILL)
         try:
             out, _ = rebuild.communicate(timeout=60)
         except subprocess.TimeoutExpired:
-            pytest.fail("the rebuild hangs on a dead fold worker")
+            pytest.fail("the rebuild hangs on a dead worker")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(rebuild.pid, signal.SIGKILL)
         rebuild.wait()
-    assert (rebuild.returncode, out) == (3, "rebuild: a fold worker died (exit code -9)\n")
+    assert (rebuild.returncode, out) == (3, "rebuild: a worker died (exit code -9)\n")
     with Projector.open(tmp_path) as projector:
         assert snapshot(projector) == before  # the live file is untouched
         projector.rebuild(workers=2, pool_from=0)  # and the next rebuild works
@@ -743,7 +743,7 @@ def test_a_rebuild_killed_outright_leaves_no_worker_behind(
     try:
         assert rebuild.stdout is not None and rebuild.stdout.readline() == "stalled\n"
         children = _spawned_children(rebuild.pid)
-        assert len(children) == 4  # two fold workers, two decoding workers
+        assert len(children) == 2  # the two workers, each decoding and folding
         os.kill(rebuild.pid, sig)  # SIGTERM too: Python runs no clean-up on it
         rebuild.wait(timeout=30)
         deadline = time.monotonic() + 10

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.histories import session_history, write_histories
-from fleetlog.events.errors import ProjectionError, QueryError
+from fleetlog.events.errors import BlobMissingError, FleetlogError, ProjectionError, QueryError
 from fleetlog.events.filelog import FileLog
 from fleetlog.events.schema import (
     Event,
@@ -709,6 +709,35 @@ def test_a_rebuild_whose_worker_dies_fails_in_one_line_and_keeps_the_projections
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie left for an init that does not reap is not running)."""
     return _stat(pid)[:1] not in ([], ["Z"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_rebuild_of_a_log_missing_a_blob_fails_in_one_line_and_keeps_the_projections(
+    tmp_path: Path, workers: int
+) -> None:
+    # Payloads over 64 bytes go to the blob store: tool inputs and outputs, prompts.
+    rng = random.Random(10)
+    histories = {f"s-{i:03d}": session_history(rng, f"s-{i:03d}", max_steps=4) for i in range(40)}
+    with FileLog.open(tmp_path / "log" / "p0", segment_bytes=4096, blob_threshold=64) as log:
+        write_histories([log], histories, rng)
+    with Projector.open(tmp_path) as projector:
+        projector.catch_up()
+        before = snapshot(projector)
+        blobs = sorted(p for p in (tmp_path / "log" / "p0" / "blobs").rglob("*") if p.is_file())
+        assert blobs, "no event went to the blob store"
+        blobs[len(blobs) // 2].unlink()
+        with pytest.raises(FleetlogError) as failed:
+            projector.rebuild(workers=workers, pool_from=0)
+        message = str(failed.value)
+        assert "\n" not in message
+        # Decoded in this process, the log's own error; in a worker, the same, named.
+        assert re.fullmatch(
+            r"(rebuild: a worker failed: BlobMissingError: )?"
+            r"blob [0-9a-f]{64}: missing from the blob store",
+            message,
+        ), message
+        assert isinstance(failed.value, BlobMissingError if workers == 1 else ProjectionError)
+        assert snapshot(projector) == before  # the live file is untouched
 
 
 # A rebuild that stops when it has the first partition's rows back, with its

@@ -25,7 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import collections
+import concurrent.futures
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -33,8 +36,12 @@ import random
 import resource
 import shutil
 import statistics
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pyarrow as pa
 
 from bench.histories import Append, session_history
 from fleetlog.config import session_id_for
@@ -43,14 +50,20 @@ from fleetlog.events.source import FileSource
 
 # The rebuild's own pieces, for the floor figure (what a rebuild costs with no folding).
 from fleetlog.projections.projector import (
+    _DECODE_AHEAD,
     _EVENTS_FROM_BATCH,
     TABLES_SQL,
     Projector,
     _connect,
+    _die_with_parent,
     _heads,
+    _Job,
+    _mapped,
     _remove_db,
+    _segment_files,
     _segment_jobs,
-    _segment_tables,
+    _segment_table,
+    _spool_dir,
 )
 
 _IN_FLIGHT = 1_000
@@ -157,6 +170,38 @@ def _cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
+def _floor_tables(jobs: list[_Job], workers: int | None) -> Iterator[pa.Table]:
+    """Each segment as an Arrow table, in job order, decoded by ``workers`` processes.
+
+    As a rebuild's workers decode them (``_segment_files``, the files mapped
+    here), with nothing else to do: one bucket each, no folds.
+    """
+    workers = workers if workers is not None else len(os.sched_getaffinity(0))
+    if workers <= 1:
+        for job in jobs:
+            yield _segment_table(*job)
+        return
+    ctx = multiprocessing.get_context("spawn")  # as the rebuild's workers start
+    with (
+        tempfile.TemporaryDirectory(prefix="fleetlog-floor-", dir=_spool_dir(workers)) as spool,
+        concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
+        ) as pool,
+    ):
+        # As many segments decoded ahead as a rebuild's workers have queued.
+        window: collections.deque[concurrent.futures.Future[list[str]]] = collections.deque()
+        queued = iter(jobs)
+        for job in itertools.islice(queued, workers * _DECODE_AHEAD):
+            window.append(pool.submit(_segment_files, spool, job, 1))
+        while window:
+            [path] = window.popleft().result()
+            for job in itertools.islice(queued, 1):
+                window.append(pool.submit(_segment_files, spool, job, 1))
+            table = _mapped(path)
+            os.unlink(path)  # its pages go when the table does
+            yield table
+
+
 def bench_floor(home: Path, workers: int | None = None) -> float:
     """Events/s of what any rebuild must do, with no folding at all.
 
@@ -174,7 +219,7 @@ def bench_floor(home: Path, workers: int | None = None) -> float:
     try:
         con.execute(TABLES_SQL)
         started = time.perf_counter()
-        for table in _segment_tables(jobs, workers):
+        for table in _floor_tables(jobs, workers):
             con.register("_batch", table)
             con.execute(_EVENTS_FROM_BATCH)
             con.unregister("_batch")

@@ -31,13 +31,10 @@ be a single SELECT (or EXPLAIN).
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import concurrent.futures.process
 import contextlib
 import ctypes
 import fcntl
 import gc
-import itertools
 import json
 import multiprocessing
 import os
@@ -593,8 +590,7 @@ class Projector:
                 batches: Iterator[tuple[int, pa.Table]]
                 if isinstance(self.source, FileSource):
                     jobs = _segment_jobs(self.source.paths(), heads)
-                    tables = _segment_tables(jobs, 1)
-                    batches = ((job[1], table) for job, table in zip(jobs, tables, strict=True))
+                    batches = ((job[1], _segment_table(*job)) for job in jobs)
                 else:
                     batches = _read_tables(self.source, heads)
                 _rebuild_here(con, batches, fold_every, self.quiet_after_s)
@@ -1149,45 +1145,6 @@ def _segment_jobs(parts: list[tuple[int, Path]], heads: dict[int, int]) -> list[
         for base, seg in segment_bases(path)
         if base <= heads[index]
     ]
-
-
-def _segment_tables(jobs: list[_Job], workers: int | None) -> Iterator[pa.Table]:
-    """Each segment as an Arrow table, in job order, decoded by ``workers`` processes."""
-    workers = workers if workers is not None else _cores()
-    if workers <= 1 or len(jobs) < 2:
-        for job in jobs:
-            yield _segment_table(*job)
-        return
-    with tempfile.TemporaryDirectory(prefix="fleetlog-rebuild-", dir=_spool_dir(workers)) as spool:
-        for (path,) in _decoded(jobs, workers, 1, spool):
-            table = _mapped(path)
-            os.unlink(path)  # its pages go when the caller lets go of the table
-            yield table
-
-
-def _decoded(jobs: list[_Job], workers: int, buckets: int, spool: str) -> Iterator[list[str]]:
-    """Decode the segments in a process pool: each as ``_segment_files``, in job order.
-
-    The caller unlinks the files. Segments are decoded ``workers * 2`` ahead, not
-    more, so that decoded segments do not pile up.
-    """
-    # spawn, not fork: this process may hold DuckDB and Ray threads.
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
-    ) as pool:
-        window: collections.deque[concurrent.futures.Future[list[str]]] = collections.deque()
-        queued = iter(jobs)
-        for job in itertools.islice(queued, workers * 2):
-            window.append(pool.submit(_segment_files, spool, job, buckets))
-        while window:
-            try:
-                paths = window.popleft().result()
-            except concurrent.futures.process.BrokenProcessPool:
-                raise ProjectionError("rebuild: a decoding worker died") from None
-            for job in itertools.islice(queued, 1):
-                window.append(pool.submit(_segment_files, spool, job, buckets))
-            yield paths
 
 
 def _die_with_parent(parent: int) -> None:

@@ -55,6 +55,7 @@ from fleetlog.projections.projector import (
     TABLES_SQL,
     Projector,
     _connect,
+    _cores,
     _die_with_parent,
     _heads,
     _Job,
@@ -176,7 +177,7 @@ def _floor_tables(jobs: list[_Job], workers: int | None) -> Iterator[pa.Table]:
     As a rebuild's workers decode them (``_segment_files``, the files mapped
     here), with nothing else to do: one bucket each, no folds.
     """
-    workers = workers if workers is not None else len(os.sched_getaffinity(0))
+    workers = workers if workers is not None else _cores()  # as the rebuild counts them
     if workers <= 1:
         for job in jobs:
             yield _segment_table(*job)
@@ -205,9 +206,9 @@ def _floor_tables(jobs: list[_Job], workers: int | None) -> Iterator[pa.Table]:
 def bench_floor(home: Path, workers: int | None = None) -> float:
     """Events/s of what any rebuild must do, with no folding at all.
 
-    The same pool decodes the segments into Arrow and the same statement
-    inserts them into ``events`` of a scratch file: what remains of a rebuild
-    if the folded tables cost nothing. It tells a goal that folding can miss
+    As many processes decode the segments into Arrow (``_floor_tables``) and
+    the same statement inserts them into ``events`` of a scratch file: what
+    remains of a rebuild if the folded tables cost nothing. It tells a goal that folding can miss
     from one the machine cannot reach.
     """
     source = FileSource(home / "log")

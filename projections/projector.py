@@ -8,8 +8,8 @@ crash before the commit leaves neither rows nor checkpoint behind, so the next
 round reads the same events again: exactly once, with no dedup table.
 
 A rebuild writes a fresh file beside the live one and swaps it in by rename:
-a process pool turns the segments into Arrow tables (decoding holds the GIL),
-this process inserts them into ``events``, and fold worker processes fold them
+worker processes turn the segments into Arrow tables (decoding holds the
+GIL), this process inserts them into ``events``, and the same workers fold them
 split by session (``_rebuild_in_parallel``); each partition's folded rows are
 then placed in the file's tables once.
 Because every merge in ``apply.sql`` is associative, a rebuild and any
@@ -168,9 +168,9 @@ _ARROW_SCHEMA: Final = pa.schema(
 )
 _json = msgspec.json.Encoder()
 _TYPE_NAMES: Final = {t: t.__name__ for t in EVENT_TYPES}
-#: Below this many events a rebuild decodes in-process (a pool costs ~1 s to start).
+#: Below this many events a rebuild decodes in-process (its workers cost ~1 s to start).
 _POOL_MIN_EVENTS: Final = 400_000
-#: A rebuild folds this many events at a time (in each fold worker): the
+#: A rebuild folds this many events at a time (in each worker): the
 #: batch waits as Arrow (~0.3 KB per event) and the aggregates hold its text
 #: fields; the larger the batch, the fewer merges (1M against 225k events:
 #: -20% of a worker's CPU).
@@ -280,7 +280,7 @@ _Job = tuple[str, int, str, int]
 
 
 def _segment_files(spool: str, job: _Job, buckets: int) -> list[str]:
-    """Pool worker: one segment as ``buckets`` Arrow IPC files in ``spool``; their paths.
+    """A rebuild's worker: one segment as ``buckets`` Arrow IPC files in ``spool``; their paths.
 
     Bucket ``k`` holds the events of the sessions ``_bucket`` puts there, in log
     order. Files, not pickled tables: the parent maps them without copying

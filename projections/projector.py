@@ -1175,7 +1175,9 @@ def _spool_dir(workers: int) -> str | None:
 
     Containers often mount a 64 MiB /dev/shm; then the system's temp directory.
     """
-    need = (workers * 2 + 1) * 512 * 1024 * 1024  # a 64 MiB segment as Arrow, with margin
+    # Each worker's queued segments and the one being inserted: a 64 MiB
+    # segment as Arrow, with margin.
+    need = (workers * _DECODE_AHEAD + 1) * 512 * 1024 * 1024
     try:
         stat = os.statvfs("/dev/shm")
     except OSError:

@@ -171,7 +171,8 @@ def fold(rows: list[EnvelopeRow], tables: Tables) -> None:
 #: against 76-116 ns inferred.
 _ARROW = {"i": pa.int64(), "s": pa.string(), "f": pa.float64(), "b": pa.bool_()}
 _LEAST_TYPES = ("ssif",)
-#: Model calls, tool calls, sessions.
+#: Model calls (key: session, request; 21 fields), tool calls (session, call; 22),
+#: sessions (session; 15).
 _FOLD_TYPES = ("ssisiiiiifsfsisisiiiiib", "ssisssssfssssfsbiffsisfs", "sssisiifsssiiiii")
 
 

@@ -42,7 +42,8 @@ def _label(statement: duckdb.Statement) -> str:
     return " ".join(" ".join(lines).split())[:64]
 
 
-def profile(home: Path) -> None:
+def profile(home: Path) -> collections.Counter[str]:
+    """Prints the profile; returns the rows handed back, by table."""
     source = FileSource(home / "log")
     buckets: dict[int, list[pa.Table]] = collections.defaultdict(list)
     for job in _segment_jobs(source.paths(), _heads(source)):
@@ -50,6 +51,7 @@ def profile(home: Path) -> None:
     con = _fold_connection()  # as a rebuild's fold worker has it
     cpu: collections.defaultdict[str, float] = collections.defaultdict(float)
     events = 0
+    rows: collections.Counter[str] = collections.Counter()
 
     def fold(batch: pa.Table, costs: collections.defaultdict[str, float]) -> None:
         con.register("_batch", batch)
@@ -68,8 +70,9 @@ def profile(home: Path) -> None:
             events += batch.num_rows
             fold(batch, cpu)
         started = time.process_time()
-        _rows_to_place(con)
+        handed = _rows_to_place(con)
         cpu["(handing back: _rows_to_place)"] += time.process_time() - started
+        rows.update({name: table.num_rows for name, table in handed.items()})
         for name in _FOLDED:
             con.execute(f"DELETE FROM _{name}_open")
     total = sum(cpu.values())
@@ -81,15 +84,21 @@ def profile(home: Path) -> None:
     for _ in range(5):
         fold(empty, fixed)
     print(f"a fold of an empty batch (planning, set-up): {sum(fixed.values()) / 5 * 1e3:.1f} ms")
+    return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def kept_log(description: str) -> Path:
+    """The home of the kept log the command line asks for (``--events``, ``--sessions``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--sessions", type=int, default=2_000)
     parser.add_argument("--dir", default="bench/out/projections", help="where logs are kept")
     args = parser.parse_args()
-    profile(prepared_home(Path(args.dir), args.sessions, args.events))
+    return prepared_home(Path(args.dir), args.sessions, args.events)
+
+
+def main() -> None:
+    profile(kept_log(__doc__.splitlines()[0]))
 
 
 if __name__ == "__main__":

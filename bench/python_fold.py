@@ -23,7 +23,6 @@ same run, CPU time, best of 3:
 
 from __future__ import annotations
 
-import argparse
 import collections
 import gc
 import time
@@ -33,8 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from bench.fold_profile import profile
-from bench.projection_bench import prepared_home
+from bench.fold_profile import kept_log, profile
 from fleetlog.events import schema as s
 from fleetlog.events.codec import EnvelopeRow
 from fleetlog.events.source import FileSource
@@ -172,7 +170,8 @@ def fold(rows: list[EnvelopeRow], tables: Tables) -> None:
 _ARROW = {"i": pa.int64(), "s": pa.string(), "f": pa.float64(), "b": pa.bool_()}
 _LEAST_TYPES = ("ssif",)
 #: Model calls (key: session, request; 21 fields), tool calls (session, call; 22),
-#: sessions (session; 15).
+#: sessions (session; 15): the tables of ``_FOLD_TABLES``.
+_FOLD_TABLES = ("model_calls", "agent_tool_calls", "agent_executions")
 _FOLD_TYPES = ("ssisiiiiifsfsisisiiiiib", "ssisssssfssssfsbiffsisfs", "sssisiifsssiiiii")
 
 
@@ -191,35 +190,32 @@ def measure(
     parts: dict[int, list[list[EnvelopeRow]]],
     fold: Callable[[list[EnvelopeRow], Tables], None],
     types: tuple[str, ...],
-) -> tuple[float, float, int]:
-    """CPU µs per event folding, and turning the rows to Arrow (best of 3); rows made."""
+) -> tuple[float, float, list[int]]:
+    """CPU µs per event folding, and turning the rows to Arrow (best of 3); rows by table."""
     events = sum(len(rows) for segments in parts.values() for rows in segments)
-    best = (float("inf"), float("inf"), 0)
+    best = (float("inf"), float("inf"))
+    made = [0] * len(types)
     for _ in range(3):
         folding = arrow = 0.0
-        made = 0
+        made = [0] * len(types)
         for segments in parts.values():  # a partition at a time, as a worker folds
             folded: Tables = tuple({} for _ in types)
             started = time.process_time()
             for rows in segments:
                 fold(rows, folded)
             turned = time.process_time()
-            made += sum(to_arrow(t, ts).num_rows for t, ts in zip(folded, types, strict=True))
+            for i, (table, columns) in enumerate(zip(folded, types, strict=True)):
+                made[i] += to_arrow(table, columns).num_rows
             arrow += time.process_time() - turned
             folding += turned - started
-        best = min(best, (folding / events * 1e6, arrow / events * 1e6, made))
-    return best
+        best = min(best, (folding / events * 1e6, arrow / events * 1e6))
+    return *best, made
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=2_000_000)
-    parser.add_argument("--sessions", type=int, default=2_000)
-    parser.add_argument("--dir", default="bench/out/projections", help="where logs are kept")
-    args = parser.parse_args()
-    home = prepared_home(Path(args.dir), args.sessions, args.events)
+    home = kept_log(__doc__.splitlines()[0])
     print("-- the SQL folds (bench.fold_profile)")
-    profile(home)
+    sql_rows = profile(home)
     source = FileSource(home / "log")
     parts: dict[int, list[list[EnvelopeRow]]] = collections.defaultdict(list)
     gc.disable()  # as the rebuild's decoding does: no cycles, and collections cost ~30%
@@ -228,12 +224,15 @@ def main() -> None:
         parts[job[1]].append([row for row in rows if _bucket(row[1], 2) == 0])
     events = sum(len(rows) for segments in parts.values() for rows in segments)
     print(f"-- in Python, the same {events:,} events decoded as structs (best of 3)")
-    folding, _arrow, _rows = measure(parts, least, _LEAST_TYPES)
+    folding, _arrow, _made = measure(parts, least, _LEAST_TYPES)
     print(f"  {folding:5.2f} µs  the least: one dict lookup and two writes per event")
-    folding, arrow, rows = measure(parts, fold, _FOLD_TYPES)
+    folding, arrow, made = measure(parts, fold, _FOLD_TYPES)
     print(f"  {folding:5.2f} µs  fold of the main fields of calls, model calls and sessions")
-    print(f"  {arrow:5.2f} µs  its {rows:,} rows as Arrow columns")
+    print(f"  {arrow:5.2f} µs  its {sum(made):,} rows as Arrow columns")
     print(f"  {folding + arrow:5.2f} µs  in all")
+    # The same calls and sessions as the SQL folds found, or the figures measure another fold.
+    for name, count in zip(_FOLD_TABLES, made, strict=True):
+        print(f"  rows of {name}: {count:,} (the SQL folds: {sql_rows[name]:,})")
 
 
 if __name__ == "__main__":

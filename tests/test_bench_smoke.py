@@ -80,6 +80,20 @@ def test_fold_profile_runs(tmp_path: Path) -> None:
     assert re.search(r"^a fold of an empty batch \(planning, set-up\): [\d.]+ ms$", out, re.M)
 
 
+def test_python_fold_runs(tmp_path: Path) -> None:
+    out = _bench(
+        "bench.python_fold", "--events", "3000", "--sessions", "10", "--dir", str(tmp_path)
+    )
+    assert re.search(r"^fold worker 0 of 2: [\d,]+ events, [\d.]+ µs", out, re.M)
+    assert re.search(r"^  +[\d.]+ µs  the least: one dict lookup", out, re.M)
+    assert re.search(r"^  +[\d.]+ µs  its [\d,]+ rows as Arrow columns$", out, re.M)
+    # the Python fold finds the calls and sessions the SQL folds do
+    counts = re.findall(r"^  rows of (\w+): ([\d,]+) \(the SQL folds: ([\d,]+)\)$", out, re.M)
+    tables = ["model_calls", "agent_tool_calls", "agent_executions"]
+    assert [name for name, _, _ in counts] == tables
+    assert all(python == sql != "0" for _, python, sql in counts), counts
+
+
 def test_sandbox_bench_runs() -> None:
     out = _bench("bench.sandbox_bench", "--calls", "3")
     assert "sandboxed" in out and "added" in out

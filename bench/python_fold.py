@@ -8,7 +8,7 @@ folded rows cost at most ~2.8 µs of CPU per event on two busy cores
 fold outside SQL: the decoding workers folding the events while they still
 hold them as structs. This measures it on the events the SQL folds are
 measured on (fold worker 0's bucket of 2 of the kept 2M-event log), in the
-same run, CPU time, best of 3:
+same run, CPU time (the Python figures the best of 3):
 
 1. the SQL folds (``bench.fold_profile``, all of ``apply.sql`` and handing
    the rows back as Arrow);
@@ -18,7 +18,8 @@ same run, CPU time, best of 3:
    and its rows turned into Arrow columns (what a worker hands back). It does
    less than ``apply.sql``: no step latencies, no calls closed by their
    session's end, no merge with rows folded before, costs as integers instead
-   of decimals. So both Python figures bound a Python fold from below.
+   of decimals. So both Python figures bound a Python fold from below. Its
+   rows by table are printed beside the SQL folds': the same calls and sessions.
 """
 
 from __future__ import annotations

@@ -208,8 +208,8 @@ def bench_floor(home: Path, workers: int | None = None) -> float:
 
     As many processes decode the segments into Arrow (``_floor_tables``) and
     the same statement inserts them into ``events`` of a scratch file: what
-    remains of a rebuild if the folded tables cost nothing. It tells a goal that folding can miss
-    from one the machine cannot reach.
+    remains of a rebuild if the folded tables cost nothing. It tells a goal
+    that folding can miss from one the machine cannot reach.
     """
     source = FileSource(home / "log")
     jobs = _segment_jobs(source.paths(), _heads(source))

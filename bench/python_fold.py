@@ -195,7 +195,6 @@ def measure(
     """CPU µs per event folding, and turning the rows to Arrow (best of 3); rows by table."""
     events = sum(len(rows) for segments in parts.values() for rows in segments)
     best = (float("inf"), float("inf"))
-    made = [0] * len(types)
     for _ in range(3):
         folding = arrow = 0.0
         made = [0] * len(types)
